@@ -1,0 +1,34 @@
+# Everything runs inside .venv, created and filled from pyproject.toml on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-fast demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## the whole suite (CPU, offline): unit tests, config tests and the end-to-end runs
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=15
+
+## unit and config tests only (no Ray, no MLflow end-to-end runs)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not cluster"
+
+## the main job on the embedded default: a smoke search on scikit-learn's digits
+demo: $(STAMP)
+	$(PY) -m search.run space=alpha profile=smoke
+
+## throughput of the training step (prints images/s and the ratio to the per-image baseline)
+bench: $(STAMP)
+	$(PY) -m benchmarks.train_step
+
+clean:
+	rm -rf $(VENV) ray_results mlruns.db reports .pytest_cache

@@ -1,0 +1,428 @@
+"""A search's report from MLflow: supplement-shaped tables, a summary, the figures, optionally the paper's rows beside.
+
+    python -m analysis.report name=<experiment> [out=reports/<name>] [compare=paper|none]
+                              [select=best_val_pgd_acc] [top_k=3] [tracking.uri=sqlite:///<cwd>/mlruns.db]
+
+Writes <out>/report.md and PNG figures, and logs the folder under `report/` of the search's
+parent run so it shows in MLflow's UI. top_k sets how many trials the learning-curve figure
+highlights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+
+from analysis import paper, plots
+from analysis.cli import run_main
+from analysis.runs import (
+    CHECKPOINTS,
+    COLUMN_TITLES,
+    DEFAULT_SELECT,
+    TEST_COLUMNS,
+    find_parent_run,
+    load_history,
+    load_runs,
+    rank_trials,
+    selection_mode,
+    result_key,
+)
+
+log = logging.getLogger(__name__)
+
+FIGURES: dict[str, str] = {
+    "k": "fig_k.png",
+    "teacher": "fig_teacher.png",
+    "rsl_source": "fig_rsl_source.png",
+    "pareto": "fig_pareto.png",
+    "learning_curves": "fig_learning_curves.png",
+    "importances": "fig_importances.png",
+}
+FIGURE_TITLES = {
+    "k": "Robust accuracy vs. k = alpha/(1-alpha) (supplement Fig. 1)",
+    "teacher": "Student vs. teacher robustness (supplement Table 2)",
+    "rsl_source": "RSL source comparison (supplement Table 3)",
+    "pareto": "Clean vs. robust accuracy, Pareto front",
+    "learning_curves": "Learning curves with ASHA's stopping points",
+    "importances": "Parameter importances",
+}
+# TrainConfig fields that differ between trials for reasons that are not a setting (paths, devices).
+BOOKKEEPING = ("data_dir", "teachers_dir", "teacher_checkpoint", "device", "num_threads", "download")
+MISSING = "–"
+
+
+@dataclass
+class AshaSavings:
+    """Trial-epochs actually run against every trial running its whole schedule."""
+
+    trials: int
+    trial_epochs_run: int
+    full_budget: int
+    saved_by_asha: int
+    stopped_early: int
+    short_other: int
+    """Epochs not run by failed or still-running trials (not ASHA's doing)."""
+
+
+@dataclass
+class ReportResult:
+    """Where the report went and what it contains."""
+
+    folder: Path
+    markdown: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    asha: AshaSavings | None = None
+    winner: str | None = None
+    logged_to: str | None = None
+
+
+# --- numbers -------------------------------------------------------------------------------------
+def pct(value: Any) -> str:
+    """A fraction as a percentage with 2 decimals; a dash when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value):
+        return MISSING
+    return f"{100 * float(value):.2f}"
+
+
+def fmt(value: Any) -> str:
+    """A setting value for a table cell."""
+    if value is None or (not isinstance(value, (str, tuple, list)) and pd.isna(value)):
+        return MISSING
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.4g}"
+    return str(value)
+
+
+def asha_savings(runs: pd.DataFrame) -> AshaSavings:
+    """Trial-epochs run vs the full budget (sum of each trial's own epochs); ASHA's share is what stopped_early trials skipped."""
+    run = runs["epochs_run"].fillna(0).astype(int)
+    budget = runs["epochs"].astype(int) if "epochs" in runs.columns else run
+    short = (budget - run).clip(lower=0)
+    stopped = runs["status"] == "stopped_early"
+    other = runs["status"].isin(["failed", "running"])
+    return AshaSavings(trials=len(runs), trial_epochs_run=int(run.sum()), full_budget=int(budget.sum()),
+                       saved_by_asha=int(short[stopped].sum()), stopped_early=int(stopped.sum()),
+                       short_other=int(short[other].sum()))
+
+
+def varying_settings(runs: pd.DataFrame) -> list[str]:
+    """TrainConfig fields whose value differs between trials (k added after alpha); searched params if none differ."""
+    from trainables.config import config_fields
+
+    cols = [f for f in config_fields()
+            if f in runs.columns and f not in BOOKKEEPING and runs[f].astype(str).nunique() > 1]
+    if "alpha" in cols and "k" in runs.columns:
+        cols.insert(cols.index("alpha") + 1, "k")
+    return cols or [c for c in runs.columns if c.startswith("search.")]
+
+
+def is_finalized(row: pd.Series) -> bool:
+    """Whether any test/* result was logged for the trial."""
+    return any(pd.notna(row.get(result_key(c, ck))) for c in (*TEST_COLUMNS, "aa_custom") for ck in CHECKPOINTS)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ordered(runs: pd.DataFrame, select: str, mode: str) -> tuple[pd.DataFrame, int]:
+    """Ranked trials first (best first), then failed / unscored ones."""
+    ranked = rank_trials(runs, select, mode)
+    rest = runs[~runs["run_id"].isin(ranked["run_id"])].sort_values("trial_id")
+    return pd.concat([ranked, rest], ignore_index=True), len(ranked)
+
+
+# --- sections ------------------------------------------------------------------------------------
+def test_table(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], select: str) -> tuple[str, list[str]]:
+    """The supplement-shaped table (best and last checkpoint x every column, %) of the finalized trials."""
+    has_custom = any(result_key("aa_custom", ck) in ordered.columns for ck in CHECKPOINTS)
+    columns = [*TEST_COLUMNS, *(["aa_custom"] if has_custom else [])]
+    headers = ["Rank", "Trial", *settings, f"{select} (%)"]
+    headers += [f"{ck.capitalize()} {COLUMN_TITLES[c]}" for ck in CHECKPOINTS for c in columns]
+    rows, finalized = [], []
+    for i, row in ordered.iterrows():
+        if not is_finalized(row):
+            continue
+        finalized.append(row["trial_id"])
+        rank = str(i + 1) if i < n_ranked else MISSING
+        rows.append([rank, row["trial_id"], *(fmt(row.get(s)) for s in settings), pct(row.get(select)),
+                     *(pct(row.get(result_key(c, ck))) for ck in CHECKPOINTS for c in columns)])
+    return (_md_table(headers, rows) if rows else "_No trial is finalized yet: run `python -m analysis.finalize "
+            "name=<experiment>` for the test-set table._"), finalized
+
+
+def validation_table(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], select: str,
+                     clean: pd.Series) -> str:
+    """Every trial on the validation split: status, epochs, val clean at the best epoch, the selection metric, finalized or not."""
+    headers = ["Rank", "Trial", *settings, "Status", "Epochs run", "Best epoch", "Val clean @best (%)",
+               f"{select} (%)", "Test"]
+    rows = []
+    for i, row in ordered.iterrows():
+        epochs = f"{fmt(row.get('epochs_run'))}/{fmt(row.get('epochs'))}"
+        status = row["status"] + (f" ({row['error']})" if row["status"] == "failed" and row.get("error") else "")
+        rows.append([str(i + 1) if i < n_ranked else MISSING, row["trial_id"], *(fmt(row.get(s)) for s in settings),
+                     status, epochs, fmt(row.get("best_epoch")), pct(clean.get(i)), pct(row.get(select)),
+                     "finalized" if is_finalized(row) else "not finalized"])
+    return _md_table(headers, rows)
+
+
+AA_TAGS = (("test.aa_n", "test.aa_version", "test.aa_attacks", "AA = AutoAttack"),
+           ("test.aa_custom.n", "test.aa_custom.version", "test.aa_custom.attacks", "AA subset (NOT AutoAttack)"))
+
+
+def _distinct(runs: pd.DataFrame, column: str) -> list[str]:
+    return sorted({str(v) for v in runs[column].dropna()}) if column in runs.columns else []
+
+
+def _aa_provenance(runs: pd.DataFrame) -> str:
+    """How the test columns were computed for the finalized trials, from their test.* tags."""
+    parts = []
+    for n_key, version_key, attacks_key, label in AA_TAGS:
+        ns = _distinct(runs, n_key)
+        if ns:
+            parts.append(f"{label} (version {'/'.join(_distinct(runs, version_key))}: "
+                         f"{'; '.join(_distinct(runs, attacks_key))}) on the first {'/'.join(ns)} test images")
+    n_test = _distinct(runs, "test.n")
+    if n_test:
+        parts.append(f"Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf on all {'/'.join(n_test)} test images")
+    eps = sorted({float(v) for v in runs["test.eps"].dropna()}) if "test.eps" in runs.columns else []
+    if eps:
+        parts.append("eps = " + "/".join(f"{e:.4g}" for e in eps))
+    return "; ".join(parts)
+
+
+def summary(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], select: str, mode: str,
+            winner: str | None, savings: AshaSavings, clean: pd.Series) -> list[str]:
+    """Markdown lines: the best setting and its numbers, and the trial-epochs ASHA saved."""
+    lines = []
+    if n_ranked:
+        best_id = winner if winner in set(ordered["trial_id"]) else ordered.iloc[0]["trial_id"]
+        i = ordered.index[ordered["trial_id"] == best_id][0]
+        row = ordered.loc[i]
+        setting = ", ".join(f"{s}={fmt(row.get(s))}" for s in settings) or "(no setting varied)"
+        how = "final winner (rank 1 by the selection metric, finalized)" if winner == best_id else \
+            f"rank 1 by {select}"
+        lines.append(f"- **Best setting**: trial `{best_id}` ({how}): {setting}.")
+        if is_finalized(row):
+            nums = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'best')))}" for c in TEST_COLUMNS)
+            last = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'last')))}" for c in TEST_COLUMNS)
+            lines.append(f"- Its test numbers (%): best checkpoint {nums}; last checkpoint {last}.")
+        else:
+            lines.append(f"- Its validation numbers (%, not finalized): clean {pct(clean.get(i))} at the best epoch, "
+                         f"{select} {pct(row.get(select))}.")
+        fin = ordered.head(n_ranked)
+        fin = fin[fin.apply(is_finalized, axis=1)]
+        aa = result_key("autoattack", "best")
+        if len(fin) >= 2 and aa in fin.columns and fin[aa].notna().all():
+            by_aa = fin.sort_values(aa, ascending=False)["trial_id"].tolist()
+            if by_aa != fin["trial_id"].tolist():
+                lines.append(f"- Note: among the finalized trials the AutoAttack order ({', '.join(by_aa)}) differs from "
+                             f"the {select} order ({', '.join(fin['trial_id'])}).")
+    else:
+        lines.append(f"- No trial has {select}; nothing to rank.")
+    s = savings
+    share = 100 * s.saved_by_asha / s.full_budget if s.full_budget else 0.0
+    ran = 100 * s.trial_epochs_run / s.full_budget if s.full_budget else 0.0
+    lines.append(f"- **Compute**: {s.trial_epochs_run} of {s.full_budget} trial-epochs run ({ran:.1f}% of running all "
+                 f"{s.trials} trials to the end); ASHA stopped {s.stopped_early} trial(s) early and saved "
+                 f"**{s.saved_by_asha} trial-epochs** ({share:.1f}%).")
+    if s.short_other:
+        lines.append(f"- {s.short_other} further trial-epochs were not run by failed or still-running trials "
+                     "(not counted as ASHA savings).")
+    return lines
+
+
+def trial_setting(row: pd.Series) -> dict[str, Any]:
+    """A trial's setting in paper.match_rows' vocabulary (teacher as its canonical architecture)."""
+    from trainables.teachers import get_teacher
+
+    teacher = row.get("teacher")
+    arch = None
+    if isinstance(teacher, str) and teacher != "none":
+        try:
+            arch = get_teacher(teacher).arch
+        except KeyError:
+            arch = teacher
+    return {"dataset": row.get("dataset"), "student": row.get("student"), "method": row.get("method"),
+            "teacher_arch": arch, "rsl_source": row.get("rsl_source"), "alpha": row.get("alpha"),
+            "eps": row.get("eps"), "epochs": row.get("epochs")}
+
+
+def compare_section(ordered: pd.DataFrame) -> list[str]:
+    """The supplement's rows beside matching trials, with the difference in points; says so when nothing matches."""
+    lines = ["## Comparison with the paper (RSLAD supplement)", ""]
+    matched = [(row, paper.match_rows(trial_setting(row))) for _, row in ordered.iterrows()]
+    matched = [(row, rows[0]) for row, rows in matched if rows]
+    if not matched:
+        seen = {k: sorted({str(v) for v in ordered.get(k, pd.Series(dtype=str)).dropna()})
+                for k in ("dataset", "student", "method")}
+        lines.append("No published row matches any trial of this search. The supplement's rows are CIFAR-10, "
+                     "ResNet-18 students at eps 8/255 (RSLAD with alpha = 5/6 and a listed teacher and RSL source, "
+                     "or a Table 4 baseline); this search has " +
+                     ", ".join(f"{k} = {'/'.join(v) or '?'}" for k, v in seen.items()) + ".")
+        return lines
+    headers = ["Trial", "Row", "Checkpoint", *(COLUMN_TITLES[c] for c in TEST_COLUMNS), "Note"]
+    rows = []
+    for row, prow in matched:
+        note = f"paper {prow.setting['epochs']} epochs, trial {fmt(row.get('epochs'))}" \
+            if prow.setting.get("epochs") != row.get("epochs") else ""
+        for ck in CHECKPOINTS:
+            published = prow.best if ck == "best" else prow.last
+            if not published:
+                continue
+            ours = {c: row.get(result_key(c, ck)) for c in TEST_COLUMNS}
+            if not is_finalized(row):
+                rows.append([row["trial_id"], "this run", ck, *(MISSING for _ in TEST_COLUMNS), "not finalized"])
+            else:
+                rows.append([row["trial_id"], "this run", ck, *(pct(ours[c]) for c in TEST_COLUMNS), note])
+            rows.append(["", f"{prow.source}: {prow.label}", ck,
+                         *(f"{published[c]:.2f}" if c in published else MISSING for c in TEST_COLUMNS), ""])
+            if is_finalized(row):
+                rows.append(["", "difference (points)", ck, *(
+                    f"{100 * float(ours[c]) - published[c]:+.2f}" if c in published and pd.notna(ours[c]) else MISSING
+                    for c in TEST_COLUMNS), ""])
+    lines.append(_md_table(headers, rows))
+    return lines
+
+
+# --- the report ----------------------------------------------------------------------------------
+def _space_yaml(parent: Any, tracking_uri: str) -> str | None:
+    """The parent run's config/space.yaml artifact as text, None when it cannot be read."""
+    if parent is None:
+        return None
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="config/space.yaml",
+                                                       dst_path=folder, tracking_uri=tracking_uri)
+            return Path(path).read_text()
+    except Exception as err:  # a missing or unreachable artifact only costs the declared distributions
+        log.info("no config/space.yaml on the parent run (%s); importances use observed ranges", type(err).__name__)
+        return None
+
+
+def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, select: str, mode: str, top_k: int,
+                  distributions: Mapping[str, Any] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Draw every figure the data support into folder; returns (written, skipped with reasons)."""
+    makers: dict[str, Callable[[], Any]] = {
+        "k": lambda: plots.plot_k(runs, select),
+        "teacher": lambda: plots.plot_teacher(runs, select),
+        "rsl_source": lambda: plots.plot_rsl_source(runs, select),
+        "pareto": lambda: plots.plot_pareto(runs, select, history),
+        "learning_curves": lambda: plots.plot_learning_curves(runs, history, select, top_k, mode),
+        "importances": lambda: plots.plot_importances(runs, select, mode, distributions),
+    }
+    written, skipped = {}, {}
+    for key, make in makers.items():
+        path = folder / FIGURES[key]
+        try:
+            fig = make()
+        except plots.FigureSkipped as why:
+            skipped[key] = str(why)
+            path.unlink(missing_ok=True)  # a stale figure from an earlier report would contradict the list
+            continue
+        fig.savefig(path)
+        written[key] = path
+    return written, skipped
+
+
+def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *, compare: str = "none",
+                 select: str = DEFAULT_SELECT, top_k: int = 3, log_artifacts: bool = True) -> ReportResult:
+    """Write <out>/report.md and the figures for search `name`; log the folder under report/ of the parent run."""
+    runs = load_runs(name, tracking_uri)
+    parent = find_parent_run(name, tracking_uri)
+    ptags = parent.data.tags if parent is not None else {}
+    mode = selection_mode(select, ptags)
+    folder = Path(out) if out else Path.cwd() / "reports" / name
+    folder = folder.expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    result = ReportResult(folder=folder, markdown=folder / "report.md")
+    lines = [f"# Search report: {name}", ""]
+    if runs.empty:
+        lines.append("This experiment has no trial runs yet.")
+        result.markdown.write_text("\n".join(lines) + "\n")
+        return result
+
+    history = load_history(name, tracking_uri, metrics=("val_pgd_acc", "val_clean_acc"))
+    if runs["epochs_run"].isna().any() and not history.empty:
+        # Runs without the rslad.epochs_run tag: the last logged epoch is the count.
+        last = history.groupby("run_id")["step"].max()
+        runs["epochs_run"] = runs["epochs_run"].fillna(runs["run_id"].map(last)).astype("Int64")
+    ordered, n_ranked = _ordered(runs, select, mode)
+    clean = plots.clean_at_best(ordered, history)
+    settings = varying_settings(ordered)
+    savings = asha_savings(ordered)
+    winner = ptags.get("rslad.final_winner")
+    result.asha, result.winner = savings, winner
+
+    counts = ordered["status"].value_counts().to_dict()
+    lines += [f"Space `{ptags.get('rslad.space', '?')}`, profile `{ptags.get('rslad.profile', '?')}`, "
+              f"{len(ordered)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}); tracking `{tracking_uri}`.",
+              "",
+              f"**Selection metric**: `{select}` ({mode}) — "
+              + ("the best validation PGD accuracy over the epochs a trial ran (held-out split, CE PGD); "
+                 if select == "best_val_pgd_acc" else "") +
+              "trials are ranked by it, and `analysis.finalize` evaluates the top-k on the test set.",
+              "", "## Summary", ""]
+    lines += summary(ordered, n_ranked, settings, select, mode, winner, savings, clean)
+    table, finalized = test_table(ordered, n_ranked, settings, select)
+    lines += ["", "## Test-set robustness of the finalized trials (%, supplement layout)", ""]
+    prov = _aa_provenance(ordered)
+    if prov:
+        lines += [prov + ".", ""]
+    lines += [table, "", "## All trials (validation split, %)", "",
+              validation_table(ordered, n_ranked, settings, select, clean), ""]
+    if compare == "paper":
+        lines += compare_section(ordered) + [""]
+
+    distributions = plots.space_distributions(_space_yaml(parent, tracking_uri), ptags.get("rslad.profile"))
+    result.figures, result.skipped = build_figures(ordered, history, folder, select, mode, top_k, distributions)
+    lines += ["## Figures", ""]
+    for key, path in result.figures.items():
+        lines += [f"### {FIGURE_TITLES[key]}", "", f"![{FIGURE_TITLES[key]}]({path.name})", ""]
+    if result.skipped:
+        lines += ["Figures not drawn (the data do not support them):", ""]
+        lines += [f"- {FIGURE_TITLES[k]}: {why}." for k, why in result.skipped.items()]
+        lines.append("")
+    result.markdown.write_text("\n".join(lines))
+    log.info("report written to %s (%d figures, %d skipped)", result.markdown, len(result.figures), len(result.skipped))
+
+    if log_artifacts and parent is not None:
+        from analysis.runs import client_for
+
+        client_for(tracking_uri).log_artifacts(parent.info.run_id, str(folder), artifact_path="report")
+        result.logged_to = f"runs:/{parent.info.run_id}/report"
+        log.info("report logged to %s", result.logged_to)
+    elif log_artifacts:
+        log.warning("no parent run (tag rslad.role=search): report not logged to MLflow")
+    return result
+
+
+def main(args: Mapping[str, Any]) -> int:
+    """The command: build the report and say where it is."""
+    result = build_report(args["name"], args["tracking.uri"], args["out"], compare=args["compare"],
+                          select=args["select"], top_k=args["top_k"])
+    print(f"report: {result.markdown}" + (f" (also {result.logged_to})" if result.logged_to else ""))
+    return 0
+
+
+ALLOWED_KEYS = ("name", "out", "compare", "select", "top_k", "tracking.uri")
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Entry point for `python -m analysis.report key=value ...`."""
+    return run_main(main, argv, ALLOWED_KEYS)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

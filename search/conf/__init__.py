@@ -1,0 +1,1 @@
+"""Hydra config module of the search command (composed by search.config)."""

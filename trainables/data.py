@@ -1,0 +1,174 @@
+"""Datasets as uint8 tensors, a seeded validation split, and a device-resident loader with batched augmentation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# digits has no official test split: a fixed 20 % (seed 0, independent of data_seed) keeps
+# the test set identical across trials whatever their data_seed.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not in data_dir and downloading was not asked for."""
+
+
+@dataclass
+class ImageSplits:
+    """uint8 images (N, C, H, W) and int64 labels for train / validation / test, on the CPU."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of every image."""
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Height (= width) of every image."""
+        return int(self.train_x.shape[2])
+
+
+def load_cifar(name: str, data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
+    """CIFAR-10/100 train and test as uint8 NCHW tensors, read by torchvision from data_dir."""
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    root = Path(data_dir).expanduser().resolve()
+    try:
+        train = cls(root=str(root), train=True, download=download)
+        test = cls(root=str(root), train=False, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
+        raise DatasetNotFoundError(
+            f"{name} not found in {root} ({err}); set train.download=true on a machine with internet, "
+            f"or copy torchvision's '{cls.base_folder}' folder there (train.data_dir=...)"
+        ) from None
+
+    def as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+
+    return (*as_tensors(train), *as_tensors(test))
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, ...]:
+    """scikit-learn's bundled 8x8 digits (real, offline) as uint8 (N,1,8,8), split train/test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 17 grey levels (0..16) mapped onto 0..255 so every dataset shares the uint8 path.
+    x = torch.from_numpy(np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8))[:, None]
+    y = torch.from_numpy(digits.target.astype(np.int64))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_TEST_SEED))
+    n_test = int(round(len(y) * DIGITS_TEST_FRACTION))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+
+
+def load_splits(cfg: TrainConfig) -> ImageSplits:
+    """Load cfg.dataset and carve the seeded validation split (and optional subset) from its training set."""
+    if cfg.dataset == "digits":
+        train_x, train_y, test_x, test_y = load_digits_tensors()
+    else:
+        train_x, train_y, test_x, test_y = load_cifar(cfg.dataset, cfg.data_dir, cfg.download)
+    return split_train(train_x, train_y, test_x, test_y, NUM_CLASSES[cfg.dataset],
+                       val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.data_seed)
+
+
+def split_train(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                num_classes: int, *, val_size: int, train_subset: int, seed: int) -> ImageSplits:
+    """Shuffle the training set with `seed`, take the first val_size as validation, optionally subset the rest."""
+    if val_size >= len(train_y):
+        raise ValueError(f"val_size={val_size} must be smaller than the training set ({len(train_y)} images)")
+    perm = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    if train_subset:
+        train_idx = train_idx[:train_subset]
+    if val_size == 0:
+        # No held-out split: select on the test set, as the reference code does (test-selected numbers).
+        val_x, val_y = test_x, test_y
+    else:
+        val_x, val_y = train_x[val_idx], train_y[val_idx]
+    return ImageSplits(train_x[train_idx], train_y[train_idx], val_x, val_y, test_x, test_y, num_classes)
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images to float32 in [0,1]."""
+    return x_uint8.float().div_(255.0)
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Batched RandomCrop(size, padding=pad, zero fill) + horizontal flip, all on x's device."""
+    n, c, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, :, None]  # (n, h, 1)
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, :]  # (n, 1, w)
+        batch = torch.arange(n, device=dev)[:, None, None]
+        # Advanced indexing on dims 0, 2, 3 gathers every crop at once: (n, h, w, c).
+        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        do_flip = torch.rand(n, device=dev, generator=generator) < 0.5
+        x = torch.where(do_flip[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+class DeviceLoader:
+    """Yields float batches from a uint8 dataset held on `device`; epoch e's order and augmentation depend only on (seed, e)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                 device: torch.device, shuffle: bool = False, augment: bool = False,
+                 flip: bool = True, seed: int = 0, channels_last: bool = False) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.augment = augment
+        self.flip = flip
+        self.seed = seed
+        self.channels_last = channels_last
+        # pad 4 at 32x32 (the paper's RandomCrop); scaled down for small images (1 at 8x8).
+        self.pad = max(1, images.shape[-1] // 8)
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of epoch `epoch` as (float images in [0,1], labels)."""
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, device=self.device, generator=gen) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            idx = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            x = to_float(self.images[idx])
+            if self.augment:
+                x = random_crop_flip(x, self.pad, self.flip, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]

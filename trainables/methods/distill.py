@@ -1,0 +1,60 @@
+"""Distillation methods: ARD, IAD and RSLAD (the method under search)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from trainables.attacks import cross_entropy, kl_to_model, kl_to_target
+from trainables.methods.base import Method
+from trainables.methods.losses import ard_loss, iad_loss, parse_rsl_source, rslad_loss
+from trainables.methods.registry import register_method
+
+
+@register_method("ard")
+class ARD(Method):
+    """ARD: t^2-scaled KL from the teacher's clean soft labels to S(x'), x' from CE-PGD in train mode."""
+
+    needs_teacher = True
+
+    def adversarial(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ARD's inner attack: PGD on the student's CE, uniform start, student left in train mode."""
+        return self.attack(student, x, cross_entropy(y), start="uniform", mode="train")
+
+    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> torch.Tensor:
+        x_adv = self.adversarial(student, x, y)
+        return ard_loss(self.forward(student, x), self.forward(student, x_adv), teacher(x), y,
+                        self.cfg.ard_alpha, self.cfg.ard_temperature)
+
+
+@register_method("iad")
+class IAD(ARD):
+    """IAD: ARD with t = 1 for iad_warmup_epochs, then the teacher's trust w = P_T(x')[y]^beta splits the target."""
+
+    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> torch.Tensor:
+        x_adv = self.adversarial(student, x, y)
+        student_nat, student_adv = self.forward(student, x), self.forward(student, x_adv)
+        if epoch < self.cfg.iad_warmup_epochs:
+            return ard_loss(student_nat, student_adv, teacher(x), y, self.cfg.ard_alpha, 1.0)
+        return iad_loss(student_nat, student_adv, teacher(x), teacher(x_adv), y,
+                        self.cfg.ard_alpha, self.cfg.iad_beta)
+
+
+@register_method("rslad")
+class RSLAD(Method):
+    """RSLAD: robust soft labels of the teacher replace hard labels in both the inner and the outer loss."""
+
+    needs_teacher = True
+
+    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> torch.Tensor:
+        t1, t2, t3 = parse_rsl_source(self.cfg.rsl_source)
+        teacher_nat = teacher(x)
+        # T3 = T(x'): the target moves with x', so the teacher runs inside every attack step.
+        objective = kl_to_target(torch.softmax(teacher_nat.float(), 1)) if t3 == "nat" else kl_to_model(teacher)
+        x_adv = self.attack(student, x, objective, start="gaussian")
+        teacher_adv = teacher(x_adv) if "adv" in (t1, t2) else None
+        return rslad_loss(self.forward(student, x), self.forward(student, x_adv), teacher_nat, teacher_adv,
+                          self.cfg.alpha, self.cfg.rsl_source, self.cfg.kl_scale)

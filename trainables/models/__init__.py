@@ -1,0 +1,56 @@
+"""The model zoo: a registry of architecture factories, built only when `build_model` is called.
+
+Every model takes inputs in [0, 1] of any size >= 8x8, any channel count and any class
+count (adaptive average pooling before the classifier). Only the DeepMind WideResNets
+(`wrn70_16`, `wrn34_20_swish`) normalise inside the model, as their released weights expect.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from trainables.registry import Registry
+
+ModelFactory = Callable[[int, int], nn.Module]
+"""A factory `(num_classes, in_channels) -> nn.Module`."""
+
+MODELS: Registry[ModelFactory] = Registry("model")
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator: register a `(num_classes, in_channels) -> nn.Module` factory under `name`."""
+    return MODELS.register(name)
+
+
+def list_models() -> list[str]:
+    """Sorted names of every registered model."""
+    return MODELS.names()
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """Build the registered model `name` with fresh weights; raises UnknownNameError for unknown names."""
+    factory = MODELS.get(name)
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(f"model {name!r}: num_classes={num_classes} and in_channels={in_channels} must be >= 1")
+    return factory(num_classes, in_channels)
+
+
+# The submodules register their factories on import; they need MODELS to exist first.
+from trainables.models import mobilenet, resnet, small, wideresnet  # noqa: E402
+from trainables.models.wideresnet import DMWideResNet, WideResNet  # noqa: E402
+
+__all__ = [
+    "MODELS",
+    "DMWideResNet",
+    "ModelFactory",
+    "WideResNet",
+    "build_model",
+    "list_models",
+    "register_model",
+    "mobilenet",
+    "resnet",
+    "small",
+    "wideresnet",
+]
