@@ -209,8 +209,7 @@ def summary(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], selec
         i = ordered.index[ordered["trial_id"] == best_id][0]
         row = ordered.loc[i]
         setting = ", ".join(f"{s}={fmt(row.get(s))}" for s in settings) or "(no setting varied)"
-        how = "final winner (rank 1 by the selection metric, finalized)" if winner == best_id else \
-            f"rank 1 by {select}"
+        how = "the finalized winner" if winner == best_id else f"rank 1 by {select}"
         lines.append(f"- **Best setting**: trial `{best_id}` ({how}): {setting}.")
         if is_finalized(row):
             nums = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'best')))}" for c in TEST_COLUMNS)

@@ -152,8 +152,8 @@ def run_search(plan: SearchPlan):
 
     from search.teachers import ensure_teachers
 
+    ensure_teachers(plan)  # before Ray starts: a missing teacher in profile=paper fails in seconds
     start_ray(plan.cfg)
-    ensure_teachers(plan)
     objects = tune_objects(plan)
     if plan.cfg["resume"]:
         if not tune.Tuner.can_restore(plan.experiment_path):

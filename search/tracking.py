@@ -127,7 +127,7 @@ class MLflowTracker(tune.Callback):
             self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.client.get_run(self.parent_id).info.experiment_id, run_name=str(trial),
+                self.client.get_run(self.parent_id).info.experiment_id, run_name=f"trial-{trial.trial_id}",
                 tags={"mlflow.parentRunId": self.parent_id, ROLE: "trial", SEARCH: self.experiment,
                       TRIAL_ID: trial.trial_id, STATUS: "running"})
             run_id = run.info.run_id
