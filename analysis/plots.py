@@ -56,6 +56,13 @@ def _status_legend(ax: Any, statuses: Sequence[str]) -> list[Line2D]:
             for s in dict.fromkeys(statuses)]
 
 
+def _legend(fig: Figure, handles: Sequence[Any]) -> None:
+    """The legend below the axes, where it never hides data."""
+    handles = list(handles)
+    wide = any(len(h.get_label()) > 40 for h in handles)
+    fig.legend(handles=handles, loc="outside lower center", ncols=1 if wide else 2, fontsize=8, frameon=False)
+
+
 def _new_figure(width: float = 6.4, height: float = 4.4) -> tuple[Figure, Any]:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     return fig, fig.add_subplot()
@@ -94,7 +101,7 @@ def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title("Robustness vs. loss ratio k (cf. supplement Fig. 1)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(handles=handles + _status_legend(ax, statuses), fontsize=8, loc="best")
+    _legend(fig, handles + _status_legend(ax, statuses))
     return fig
 
 
@@ -155,8 +162,8 @@ def plot_teacher(runs: pd.DataFrame, select: str = DEFAULT_SELECT,
     for kind in kinds:
         sel = np.array([teachers[t][1] == kind for t in known["teacher"]])
         ax.scatter(x[sel], _pct(known[select])[sel], marker=markers[kind], color="tab:blue", s=40)
-        handles.append(Line2D([], [], ls="", marker=markers[kind], color="tab:blue",
-                              label=f"student {select_label(select)}; teacher x = {kind}"))
+        label = f"student {select_label(select)}" + (f" (teacher: {kind})" if len(kinds) > 1 else "")
+        handles.append(Line2D([], [], ls="", marker=markers[kind], color="tab:blue", label=label))
     fin = _has_test(known, "autoattack").to_numpy()
     if fin.any():
         ax.scatter(x[fin], _pct(known[result_key("autoattack", "best")])[fin], marker="*", s=140, color="tab:red", zorder=3)
@@ -170,7 +177,7 @@ def plot_teacher(runs: pd.DataFrame, select: str = DEFAULT_SELECT,
     title = "Student vs. teacher robustness (cf. supplement Table 2)"
     ax.set_title(title + (f"\n(not shown, robustness unknown: {', '.join(unknown)})" if unknown else ""), fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    _legend(fig, handles)
     return fig
 
 
@@ -203,9 +210,9 @@ def plot_rsl_source(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
     ax.set_xticks(pos, [f"{s}\n(n={c})" for s, c in zip(order, counts)])
     ax.set_xlabel("RSL source: teacher input for T1-T2-T3 (nat = clean x, adv = x')")
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title("Robust soft labels from clean or adversarial inputs (cf. supplement Table 3)")
+    ax.set_title("RSL source: clean vs. adversarial teacher inputs (cf. Table 3)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(fig, ax.get_legend_handles_labels()[0])
     return fig
 
 
@@ -236,7 +243,7 @@ def plot_pareto(runs: pd.DataFrame, select: str = DEFAULT_SELECT, history: pd.Da
     statuses = list(use["status"])
     _scatter_by_status(ax, [p[0] for p in pts], [p[1] for p in pts], statuses, color="tab:blue", s=36, alpha=0.8)
     front = pareto_front(pts)
-    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:blue", lw=1.5, drawstyle="steps-post")
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:blue", lw=1.5)
     handles = [Line2D([], [], color="tab:blue", marker="o", label=f"validation: clean vs {select_label(select)}, "
                                                                    "Pareto front")]
     fin = use[_has_test(use, "autoattack") & _has_test(use, "clean")]
@@ -244,8 +251,7 @@ def plot_pareto(runs: pd.DataFrame, select: str = DEFAULT_SELECT, history: pd.Da
         tp = list(zip(_pct(fin[result_key("clean", "best")]), _pct(fin[result_key("autoattack", "best")])))
         ax.scatter([p[0] for p in tp], [p[1] for p in tp], marker="*", s=140, color="tab:red", zorder=3)
         tf = pareto_front(tp)
-        ax.plot([tp[i][0] for i in tf], [tp[i][1] for i in tf], color="tab:red", lw=1.2, ls="--",
-                drawstyle="steps-post")
+        ax.plot([tp[i][0] for i in tf], [tp[i][1] for i in tf], color="tab:red", lw=1.2, ls="--")
         handles.append(Line2D([], [], color="tab:red", ls="--", marker="*", ms=11,
                               label="test: clean vs AA, best checkpoint (finalized), Pareto front"))
     for i in front:
@@ -255,7 +261,7 @@ def plot_pareto(runs: pd.DataFrame, select: str = DEFAULT_SELECT, history: pd.Da
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title("Clean vs. robust accuracy of all trials")
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles + _status_legend(ax, statuses), fontsize=8, loc="best")
+    _legend(fig, handles + _status_legend(ax, statuses))
     return fig
 
 
@@ -277,14 +283,18 @@ def plot_learning_curves(runs: pd.DataFrame, history: pd.DataFrame, select: str 
     """val_pgd_acc per epoch: the top_n trials in colour, the rest in grey, x where ASHA stopped a trial."""
     if history is None or history.empty or not (history["metric"] == "val_pgd_acc").any():
         raise FigureSkipped("no val_pgd_acc history was logged")
+    from analysis.runs import rank_trials
+
     curves = history[history["metric"] == "val_pgd_acc"]
-    ranked = runs[runs[select].notna()].sort_values(select, ascending=mode == "min") if select in runs else runs
-    top = list(ranked["run_id"].head(top_n))
+    # Failed trials are not ranked (as in finalize): they are drawn in grey with the rest.
+    top = list(rank_trials(runs, select, mode)["run_id"].head(top_n))
     fig, ax = _new_figure(7.0, 4.6)
     colours = dict(zip(top, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
                              "tab:pink", "tab:olive", "tab:cyan", "tab:gray")))
     stopped_any = False
-    for _, row in runs.iterrows():
+    # Others first (underneath), then the top trials in rank order (so the legend reads #1, #2, ...).
+    order = [r for r in runs["run_id"] if r not in colours] + top
+    for _, row in runs.set_index("run_id", drop=False).loc[order].iterrows():
         c = curves[curves["run_id"] == row["run_id"]].sort_values("step")
         if c.empty:
             continue
@@ -307,7 +317,7 @@ def plot_learning_curves(runs: pd.DataFrame, history: pd.DataFrame, select: str 
     ax.set_title(f"Learning curves of the top {len(top)} trials by {select_label(select)}")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(True, alpha=0.3)
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    _legend(fig, handles)
     return fig
 
 
@@ -420,12 +430,13 @@ def plot_importances(runs: pd.DataFrame, select: str = DEFAULT_SELECT, mode: str
     if len(complete) >= 2 and len(use) >= MIN_IMPORTANCE_TRIALS:
         study = importance_study(use, select, mode, distributions)
         importances = optuna.importance.get_param_importances(study, params=complete, normalize=True)
-        fig, ax = _new_figure(6.4, 1.2 + 0.5 * len(importances))
+        fig, ax = _new_figure(6.4, 1.6 + 0.5 * len(importances))
         names = list(importances)[::-1]
         ax.barh([n[len("search."):] for n in names], [importances[n] for n in names], color="tab:blue")
-        ax.set_xlabel(f"importance for {select_label(select)} (fANOVA, fraction of variance, sums to 1)")
+        ax.set_xlabel("importance (fANOVA: share of explained variance, sums to 1)")
         ax.set_ylabel("searched parameter")
-        ax.set_title(f"Parameter importances ({len(use)} trials, rebuilt Optuna study)")
+        ax.set_title(f"Importances for {select_label(select)}\n({len(use)} trials, Optuna study rebuilt from MLflow)",
+                     fontsize=10)
         ax.grid(True, axis="x", alpha=0.3)
         return fig
     why = (f"only {len(complete)} searched param(s) varied in every trial" if len(complete) < 2
