@@ -211,7 +211,7 @@ def finalize(
                 for ckpt in CHECKPOINTS:
                     _evaluate_checkpoint(result, mrun, row, ckpt, pass_columns, test_sets, dev, aa_n, aa_attacks,
                                          aa_col, batch_size, seed)
-    result.winner = _write_parent(client, parent, top, aa_col) if len(top) else None
+    result.winner = _write_parent(client, parent, top) if len(top) else None
     result.table = final_table(load_runs(name, tracking_uri), result.top, select)
     return result
 
@@ -234,8 +234,13 @@ def _evaluate_checkpoint(result: FinalizeResult, mrun: _Run, row: pd.Series, ckp
     todo = []
     for col in columns:
         if col == AA:
-            # Whether it is current needs the test-set size (aa_n may exceed it): decided once data are loaded.
-            todo.append((col, result_key(aa_col, ckpt), f"test.{ckpt}.{aa_col}"))
+            key, tag = result_key(aa_col, ckpt), f"test.{ckpt}.{aa_col}"
+            # The signature needs the test-set size (aa_n may exceed it); the test.n tag spares loading the data.
+            known_n = mrun.tags.get("test.n")
+            if known_n and mrun.is_current(key, epoch, tag, _aa_signature(min(aa_n, int(known_n)), aa_attacks)):
+                result.skipped.append((trial, ckpt, aa_col))
+            else:
+                todo.append((col, key, tag))
         elif mrun.is_current(result_key(col, ckpt), epoch):
             result.skipped.append((trial, ckpt, col))
         else:
@@ -281,7 +286,7 @@ def _evaluate_checkpoint(result: FinalizeResult, mrun: _Run, row: pd.Series, ckp
                  100 * value, time.perf_counter() - start)
 
 
-def _write_parent(client: Any, parent: Any, top: pd.DataFrame, aa_col: str) -> str | None:
+def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
     """Copy the winner's (rank 1 by the selection metric) test results to the parent run; returns its trial id."""
     from mlflow.entities import Metric, RunTag
 
@@ -312,7 +317,7 @@ def final_table(runs: pd.DataFrame, trial_ids: Sequence[str], select: str) -> pd
     by_id = runs.set_index("trial_id")
     for rank, tid in enumerate(trial_ids, 1):
         r = by_id.loc[tid]
-        row: dict[str, Any] = {"rank": rank, "trial": tid, select: r.get(select)}
+        row: dict[str, Any] = {"rank": rank, "trial": tid, f"{select} (%)": round(100 * float(r.get(select)), 2)}
         for ckpt in CHECKPOINTS:
             for col in (*TEST_COLUMNS, AA_CUSTOM):
                 key = result_key(col, ckpt)

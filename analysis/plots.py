@@ -63,6 +63,16 @@ def _legend(fig: Figure, handles: Sequence[Any]) -> None:
     fig.legend(handles=handles, loc="outside lower center", ncols=1 if wide else 2, fontsize=8, frameon=False)
 
 
+def _log_axis(axis: Any) -> None:
+    """A log axis labelled 0.1, 0.2, 0.5, 1, 2, 5, ... instead of powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _new_figure(width: float = 6.4, height: float = 4.4) -> tuple[Figure, Any]:
     fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
     return fig, fig.add_subplot()
@@ -96,7 +106,7 @@ def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
                               label="test PGD_TRADES, best checkpoint (finalized)"))
     ax.axvline(5.0, color="0.5", ls=":", lw=1)
     handles.append(Line2D([], [], color="0.5", ls=":", label="paper's choice k = 5 (alpha = 5/6)"))
-    ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_xlabel("k = alpha / (1 - alpha)  (ratio of adversarial to natural term, log scale)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_title("Robustness vs. loss ratio k (cf. supplement Fig. 1)")
@@ -441,7 +451,7 @@ def plot_importances(runs: pd.DataFrame, select: str = DEFAULT_SELECT, mode: str
         return fig
     why = (f"only {len(complete)} searched param(s) varied in every trial" if len(complete) < 2
            else f"only {len(use)} trials (importances need >= {MIN_IMPORTANCE_TRIALS})")
-    fig = Figure(figsize=(4.2 * len(params), 4.0), dpi=110, layout="constrained")
+    fig = Figure(figsize=(max(6.4, 4.2 * len(params)), 4.4), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(params), squeeze=False)[0]
     for ax, p in zip(axes, params):
         sub = use[use[p].notna()]
@@ -456,8 +466,8 @@ def plot_importances(runs: pd.DataFrame, select: str = DEFAULT_SELECT, mode: str
         ax.set_xlabel(f"{p[len('search.'):]} (searched value)")
         ax.set_ylabel(f"{select_label(select)} (%)")
         if numeric and (x > 0).all() and x.max() / x.min() > 20:
-            ax.set_xscale("log")
+            _log_axis(ax.xaxis)
         ax.grid(True, alpha=0.3)
     axes[0].legend(handles=_status_legend(axes[0], list(use["status"])), fontsize=8)
-    fig.suptitle(f"Metric vs. searched value (no importances: {why})", fontsize=10)
+    fig.suptitle(f"Metric vs. searched value\n(no importances: {why})", fontsize=10)
     return fig

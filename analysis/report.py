@@ -194,6 +194,10 @@ def _aa_provenance(runs: pd.DataFrame) -> str:
     n_test = _distinct(runs, "test.n")
     if n_test:
         parts.append(f"Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf on all {'/'.join(n_test)} test images")
+        aa_ns = {int(n) for n in _distinct(runs, "test.aa_n") + _distinct(runs, "test.aa_custom.n") if n.isdigit()}
+        if any(n < min(int(t) for t in n_test if t.isdigit()) for n in aa_ns):
+            # Different image sets: AA can exceed another column without any attack being wrong.
+            parts.append("AA uses a subset, so compare AA with AA only")
     eps = sorted({float(v) for v in runs["test.eps"].dropna()}) if "test.eps" in runs.columns else []
     if eps:
         parts.append("eps = " + "/".join(f"{e:.4g}" for e in eps))
@@ -311,8 +315,9 @@ def _space_yaml(parent: Any, tracking_uri: str) -> str | None:
 
 
 def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, select: str, mode: str, top_k: int,
-                  distributions: Mapping[str, Any] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
-    """Draw every figure the data support into folder; returns (written, skipped with reasons)."""
+                  distributions: Mapping[str, Any] | None = None
+                  ) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
+    """Draw every figure the data support into folder; returns (written, skipped with reasons, notes on substitutes)."""
     makers: dict[str, Callable[[], Any]] = {
         "k": lambda: plots.plot_k(runs, select),
         "teacher": lambda: plots.plot_teacher(runs, select),
@@ -321,7 +326,7 @@ def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, selec
         "learning_curves": lambda: plots.plot_learning_curves(runs, history, select, top_k, mode),
         "importances": lambda: plots.plot_importances(runs, select, mode, distributions),
     }
-    written, skipped = {}, {}
+    written, skipped, notes = {}, {}, {}
     for key, make in makers.items():
         path = folder / FIGURES[key]
         try:
@@ -332,7 +337,9 @@ def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, selec
             continue
         fig.savefig(path)
         written[key] = path
-    return written, skipped
+        if fig.get_suptitle():
+            notes[key] = " ".join(fig.get_suptitle().split())
+    return written, skipped, notes
 
 
 def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *, compare: str = "none",
@@ -385,10 +392,11 @@ def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *,
         lines += compare_section(ordered) + [""]
 
     distributions = plots.space_distributions(_space_yaml(parent, tracking_uri), ptags.get("rslad.profile"))
-    result.figures, result.skipped = build_figures(ordered, history, folder, select, mode, top_k, distributions)
+    result.figures, result.skipped, notes = build_figures(ordered, history, folder, select, mode, top_k, distributions)
     lines += ["## Figures", ""]
     for key, path in result.figures.items():
-        lines += [f"### {FIGURE_TITLES[key]}", "", f"![{FIGURE_TITLES[key]}]({path.name})", ""]
+        lines += [f"### {FIGURE_TITLES[key]}", ""] + ([f"_{notes[key]}._", ""] if key in notes else [])
+        lines += [f"![{FIGURE_TITLES[key]}]({path.name})", ""]
     if result.skipped:
         lines += ["Figures not drawn (the data do not support them):", ""]
         lines += [f"- {FIGURE_TITLES[k]}: {why}." for k, why in result.skipped.items()]

@@ -153,7 +153,12 @@ def _trial_runs(client: Any, name: str) -> tuple[Any, list[Any], Any | None]:
 
 
 def load_runs(name: str, tracking_uri: str) -> pd.DataFrame:
-    """One row per trial run of search `name`: ids, status, typed params, final metrics, test/* metrics, checkpoint_dir."""
+    """One row per trial run of search `name`: ids, status, typed params, final metrics, test/* metrics, checkpoint_dir.
+
+    Params are columns under their logged names (TrainConfig fields typed by the dataclass, search.*
+    inferred); metrics are their last value, under `metric.<name>` where a param has the same name
+    (the per-epoch `lr`); test.* tags are columns too; `k` = alpha/(1-alpha) when alpha is a param.
+    """
     client = client_for(tracking_uri)
     _, runs, _ = _trial_runs(client, name)
     hints = _train_config_types()
@@ -175,7 +180,8 @@ def load_runs(name: str, tracking_uri: str) -> pd.DataFrame:
             "start_time": r.info.start_time,
             **{f"tag:{k}": v for k, v in tags.items() if k.startswith("test.")},
             **{f"param:{k}": v for k, v in params.items()},
-            **{k: float(v) for k, v in r.data.metrics.items()},
+            # `lr` is both a TrainConfig param (initial lr) and a per-epoch metric: the param keeps the name.
+            **{(f"metric.{k}" if k in params else k): float(v) for k, v in r.data.metrics.items()},
         })
     frame = pd.DataFrame(rows)
     if frame.empty:

@@ -213,6 +213,7 @@ def test_load_runs_returns_typed_logged_values(store):
         assert row["best_val_pgd_acc"] == pytest.approx(max(pgd))
         assert row["val_pgd_acc"] == pytest.approx(pgd[-1])
         assert row["best_epoch"] == store["trials"][tid]["best_epoch"]
+        assert row["lr"] == 0.1 and row["metric.lr"] == 0.05  # the param keeps the name, the metric moves
     assert runs.loc["t0005", "error"].startswith("FloatingPointError")
     assert pd.api.types.is_float_dtype(runs["alpha"]) and pd.api.types.is_integer_dtype(runs["epochs"])
 
