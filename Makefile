@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 ## throughput of the training step (prints images/s and the ratio to the per-image baseline)
 bench: $(STAMP)
-	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.train_speed
 
 clean:
 	rm -rf $(VENV) ray_results mlruns.db reports .pytest_cache

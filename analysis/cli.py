@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from trainables import paths
+
 DEFAULT_TRACKING_DB = "mlruns.db"
 
 
@@ -22,16 +24,12 @@ class ExperimentNotFoundError(UsageError, LookupError):
     """No MLflow experiment of that name; the message lists the experiments that exist."""
 
 
-def absolute_tracking_uri(uri: str | None, base: Path | None = None) -> str:
+def tracking_uri(uri: str | None, base: Path | None = None) -> str:
     """None -> sqlite:///<cwd>/mlruns.db; a relative sqlite path is made absolute; other URIs pass through."""
     base = base or Path.cwd()
     if not uri:
         return f"sqlite:///{(base / DEFAULT_TRACKING_DB).resolve()}"
-    prefix = "sqlite:///"
-    # MLflow 3 refuses the file store, and a relative sqlite path would follow the cwd of whoever opens it.
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str((base / uri[len(prefix):]).expanduser().resolve())
-    return uri
+    return paths.absolute_tracking_uri(uri, base)
 
 
 def _int(key: str) -> Callable[[str], int]:
@@ -92,7 +90,7 @@ def parse_args(argv: Sequence[str], allowed: Sequence[str], required: Sequence[s
     if missing:
         raise CliError(f"missing {missing[0]}=; allowed keys: {', '.join(allowed)}")
     if "tracking.uri" in values:
-        values["tracking.uri"] = absolute_tracking_uri(values["tracking.uri"])
+        values["tracking.uri"] = tracking_uri(values["tracking.uri"])
     return values
 
 

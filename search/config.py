@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from trainables.config import TrainConfig
+from trainables.paths import absolute, absolute_tracking_uri
 
 CONFIG_MODULE = "search.conf"
 
@@ -73,27 +74,6 @@ def _top_level_keys() -> list[str]:
 def default_name(space: str, profile: str) -> str:
     """Experiment name from space, profile and the time: alpha-smoke-20261125-130201."""
     return f"{space}-{profile}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-
-
-def is_uri(path: str) -> bool:
-    """True for s3://, gs://, file:// style locations that must not be made into local paths."""
-    return "://" in path
-
-
-def absolute(path: str, base: Path | None = None) -> str:
-    """A local path made absolute against `base` (default: the driver's cwd); URIs pass through."""
-    if not path or is_uri(path):
-        return path
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else ((base or Path.cwd()) / p).resolve())
-
-
-def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
-    """sqlite:///relative.db -> sqlite:////abs/relative.db; other URIs unchanged."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + absolute(uri[len(prefix):], base)
-    return uri
 
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from analysis import paper, plots
-from analysis.cli import CliError, ExperimentNotFoundError, absolute_tracking_uri, parse_args
+from analysis.cli import CliError, ExperimentNotFoundError, parse_args, tracking_uri
 from analysis.finalize import AA, AA_CUSTOM, aa_column, finalize
 from analysis.report import build_report
 from analysis.runs import TEST_COLUMNS, load_history, load_runs, result_key
@@ -425,8 +425,8 @@ def test_parse_args_defaults_and_errors(tmp_path, monkeypatch):
     args = parse_args(["name=x"], ("name", "top_k", "aa.n", "tracking.uri", "select", "device"))
     assert args == {"name": "x", "top_k": 3, "aa.n": 1000, "tracking.uri": f"sqlite:///{tmp_path / 'mlruns.db'}",
                     "select": "best_val_pgd_acc", "device": "auto"}
-    assert absolute_tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
-    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
+    assert tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     with pytest.raises(CliError, match=r"unknown key 'bogus'; allowed keys: name, top_k"):
         parse_args(["name=x", "bogus=1"], ("name", "top_k"))
     with pytest.raises(CliError, match="top_k='three' must be an integer"):

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from trainables.attacks.autoattack import STANDARD_ATTACKS, AutoAttackResult, autoattack
 from trainables.evaluate import EVAL_ATTACKS, accuracy, evaluate, list_eval_attacks
+from conftest import DigitsNet
 
 EPS = 0.1  # digits pixels are coarse (/16); 8/255 barely moves this model
 PER_BATCH = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf")
@@ -21,57 +21,15 @@ CHEAP_AA = dict(aa_version="custom", aa_attacks=["apgd-ce", "apgd-t"])
 CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10_test100.npz"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box 2 threads ran 2x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class DigitsNet(nn.Module):
-    """A small MLP on 8x8 digits with BatchNorm and Dropout, so train/eval mode matters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.2))
-        self.head = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 @pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """All 1797 digits, /16 to [0,1], shaped (N,1,8,8): the first 1500 train the model, the rest are test."""
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
-    y = torch.tensor(d.target, dtype=torch.long)
-    return x, y
-
-
-@pytest.fixture(scope="module")
-def model(digits) -> DigitsNet:
-    x, y = digits
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    net = DigitsNet()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(300):
-        idx = torch.randint(0, 1500, (128,), generator=g)
-        loss = F.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return net.eval()
+def model(make_digits_net) -> nn.Module:
+    return make_digits_net()
 
 
 @pytest.fixture(scope="module")
 def test32(digits) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = digits
-    return x[1500:1532].clone(), y[1500:1532].clone()
+    _, _, x_te, y_te = digits
+    return x_te[:32].clone(), y_te[:32].clone()
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,6 @@ import torch
 from trainables.models import MODELS, DMWideResNet, WideResNet, build_model, list_models, register_model
 from trainables.registry import UnknownNameError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads spin against other jobs and run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Real CPU forwards of the big models (and of ResNet-34/50 at 32x32) would make this file slow
 # on a 2-core machine: every model is shape-checked on the meta device (no numbers, no time),
 # and numbers are checked on real, smaller inputs and on small instances of the WRN classes.

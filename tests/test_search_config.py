@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.config import SearchConfigError, absolute_tracking_uri, compose_config
+from search.config import SearchConfigError, compose_config
+from trainables.paths import absolute_tracking_uri
 from search.errors import SearchInputError
 from search.run import plan_search
 from spaces import SpaceError, list_spaces

@@ -25,15 +25,6 @@ from trainables.teachers import (
 DIGITS = "digits_cnn_small_trades"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads spin against other jobs and run 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def net():
     """A cnn_small for 8x8 grey digits with non-default BatchNorm statistics (so a wrong load shows)."""

@@ -82,16 +82,15 @@ class Training:
         seen = 0
         for x, y in self.train_loader.epoch(epoch):
             loss = self.method.loss(self.model, self.teacher, x, y, epoch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}: {loss.item()}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             # Summed on the device: one host sync per epoch instead of one per step.
             total_loss += loss.detach() * len(y)
             seen += len(y)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        # Checked once per epoch: a per-step check would wait for the GPU at every step.
+        if not torch.isfinite(total_loss):
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} (lr {lr}); lower train.lr")
         train_time = time.perf_counter() - start
         self.scheduler.step()
         self.epoch += 1

@@ -1,0 +1,1 @@
+"""Throughput benchmarks (print numbers; not tests)."""
