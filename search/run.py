@@ -181,7 +181,7 @@ def summary_table(results, metric: str, top_k: int) -> str:
         best_row = history.loc[history[metric].idxmax()] if history is not None and len(history) else result.metrics
         params = {k: v for k, v in result.config.items() if k not in ("train", "trial")}
         rows.append({
-            "trial": os.path.basename(result.path).split("_")[0] if result.path else "?",
+            "trial": str(result.metrics.get("trial_id", "?")),
             "params": ", ".join(f"{k}={_short(v)}" for k, v in sorted(params.items())) or "-",
             metric: float(best_row[metric]),
             "val_clean_acc": float(best_row["val_clean_acc"]),
@@ -190,10 +190,11 @@ def summary_table(results, metric: str, top_k: int) -> str:
             "of": int(result.config["train"]["epochs"]),
         })
     rows.sort(key=lambda r: r[metric], reverse=True)
-    header = f"{'rank':>4}  {'params':<48} {metric:>12} {'val_clean_acc':>13} {'best_epoch':>10} {'epochs_run':>10}"
+    header = (f"{'rank':>4}  {'trial':<8}  {'params':<48} {metric:>12} {'val_clean_acc':>13} "
+              f"{'best_epoch':>10} {'epochs_run':>10}")
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows[:top_k], 1):
-        lines.append(f"{i:>4}  {r['params'][:48]:<48} {r[metric]:>12.4f} {r['val_clean_acc']:>13.4f} "
+        lines.append(f"{i:>4}  {r['trial']:<8}  {r['params'][:48]:<48} {r[metric]:>12.4f} {r['val_clean_acc']:>13.4f} "
                      f"{r['best_epoch']:>10} {r['epochs_run']:>6}/{r['of']:<3}")
     return "\n".join(lines)
 

@@ -71,6 +71,29 @@ def fetch_registered(name: str, dest: Path, tracking_uri: str) -> bool:
     return True
 
 
+def fetch_robustbench(name: str, dest: Path) -> bool:
+    """Download a RobustBench teacher's weights into dest when robustbench is installed and online; False otherwise."""
+    spec = get_teacher(name)
+    if not spec.robustbench_id:
+        return False
+    try:
+        from robustbench.utils import load_model
+    except ImportError:
+        log.info("teacher %s: robustbench is not installed; not downloading %s", name, spec.robustbench_id)
+        return False
+    try:
+        model = load_model(model_name=spec.robustbench_id, dataset=spec.dataset, threat_model="Linf",
+                           model_dir=str(dest.parent / "robustbench"))
+    except Exception as err:  # noqa: BLE001  (offline, hub errors, ...: robustbench raises many kinds)
+        log.warning("teacher %s: RobustBench download of %s failed: %s", name, spec.robustbench_id, err)
+        return False
+    from trainables.teachers import save_teacher_checkpoint
+
+    save_teacher_checkpoint(model, dest, name, {})
+    log.info("teacher %s: RobustBench %s -> %s", name, spec.robustbench_id, dest)
+    return True
+
+
 def how_to_provide(name: str, path: Path) -> str:
     """One line telling a person how to provide teacher `name`."""
     spec = get_teacher(name)
@@ -92,6 +115,8 @@ def ensure_teachers(plan: Any) -> None:
         if path.exists():
             continue
         if cfg["tracking"]["enabled"] and fetch_registered(name, path, cfg["tracking"]["uri"]):
+            continue
+        if fetch_robustbench(name, path):
             continue
         missing.append(name)
     if not missing:

@@ -139,3 +139,16 @@ def test_resume_after_interrupt_reattaches_runs_and_reruns_nothing(workdir, smok
         assert steps == [1, 2, 3, 4, 5], (run.data.tags["ray.trial_id"], steps)
     for trial_id in finished_before:
         assert before[trial_id].info.run_id in {r.info.run_id for r in children}
+
+
+def test_a_failing_trial_is_recorded_with_its_reason(workdir, smoke_search):
+    name = "fails-smoke"
+    proc = subprocess.run(search_cmd("space=alpha", f"name={name}", "num_samples=1", "train.epochs=2",
+                                     "train.lr=1e12", "trial.max_failures=0"),
+                          cwd=workdir, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1 trial(s) failed" in proc.stdout
+    _, parents, children = runs_of(workdir, name)
+    assert len(children) == 1 and children[0].info.status == "FAILED"
+    assert children[0].data.tags["rslad.status"] == "failed"
+    assert "non-finite training loss" in children[0].data.tags["rslad.error"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 
@@ -24,7 +26,7 @@ class ARD(Method):
     def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> torch.Tensor:
         x_adv = self.adversarial(student, x, y)
-        return ard_loss(self.forward(student, x), self.forward(student, x_adv), teacher(x), y,
+        return ard_loss(self.forward(student, x), self.forward(student, x_adv), self.forward(teacher, x), y,
                         self.cfg.ard_alpha, self.cfg.ard_temperature)
 
 
@@ -37,8 +39,8 @@ class IAD(ARD):
         x_adv = self.adversarial(student, x, y)
         student_nat, student_adv = self.forward(student, x), self.forward(student, x_adv)
         if epoch < self.cfg.iad_warmup_epochs:
-            return ard_loss(student_nat, student_adv, teacher(x), y, self.cfg.ard_alpha, 1.0)
-        return iad_loss(student_nat, student_adv, teacher(x), teacher(x_adv), y,
+            return ard_loss(student_nat, student_adv, self.forward(teacher, x), y, self.cfg.ard_alpha, 1.0)
+        return iad_loss(student_nat, student_adv, self.forward(teacher, x), self.forward(teacher, x_adv), y,
                         self.cfg.ard_alpha, self.cfg.iad_beta)
 
 
@@ -51,10 +53,11 @@ class RSLAD(Method):
     def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> torch.Tensor:
         t1, t2, t3 = parse_rsl_source(self.cfg.rsl_source)
-        teacher_nat = teacher(x)
+        # The teacher runs under the same bf16 autocast as the student on CUDA: it is most of the FLOPs.
+        teacher_nat = self.forward(teacher, x)
         # T3 = T(x'): the target moves with x', so the teacher runs inside every attack step.
-        objective = kl_to_target(torch.softmax(teacher_nat.float(), 1)) if t3 == "nat" else kl_to_model(teacher)
+        objective = kl_to_target(torch.softmax(teacher_nat.float(), 1)) if t3 == "nat" else kl_to_model(partial(self.forward, teacher))
         x_adv = self.attack(student, x, objective, start="gaussian")
-        teacher_adv = teacher(x_adv) if "adv" in (t1, t2) else None
+        teacher_adv = self.forward(teacher, x_adv) if "adv" in (t1, t2) else None
         return rslad_loss(self.forward(student, x), self.forward(student, x_adv), teacher_nat, teacher_adv,
                           self.cfg.alpha, self.cfg.rsl_source, self.cfg.kl_scale)
