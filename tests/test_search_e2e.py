@@ -152,3 +152,27 @@ def test_a_failing_trial_is_recorded_with_its_reason(workdir, smoke_search):
     assert len(children) == 1 and children[0].info.status == "FAILED"
     assert children[0].data.tags["rslad.status"] == "failed"
     assert "non-finite training loss" in children[0].data.tags["rslad.error"]
+
+
+def test_registered_teacher_is_fetched_from_mlflow(workdir, smoke_search, tmp_path):
+    from search.teachers import fetch_registered
+    from trainables.teachers import build_teacher
+
+    dest = tmp_path / "digits_cnn_medium_trades.pt"
+    assert fetch_registered("digits_cnn_medium_trades", dest, f"sqlite:///{workdir}/mlruns.db")
+    teacher = build_teacher("digits_cnn_medium_trades", dest, num_classes=10, in_channels=1)
+    assert not teacher.training
+    assert not fetch_registered("digits_cnn_large_trades", tmp_path / "x.pt", f"sqlite:///{workdir}/mlruns.db")
+
+
+def test_teachers_command_trains_only_what_is_missing(tmp_path):
+    cmd = [sys.executable, "-m", "search.teachers", "profile=smoke", "teachers.names=[digits_cnn_small_trades]",
+           "teachers.epochs=1", "tracking.enabled=false"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert (tmp_path / "teachers" / "digits_cnn_small_trades.pt").exists()
+    again = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already has weights" in again.stdout
+    bad = subprocess.run([*cmd[:3], "teachers.names=[digits_cnn_huge]"], cwd=tmp_path, env=env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown teacher 'digits_cnn_huge'; known:")
