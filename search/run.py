@@ -7,6 +7,8 @@ validation PGD accuracy, every trial checkpoints each epoch, and MLflow records 
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 import sys
@@ -63,11 +65,28 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
     for key in ("num_samples", "max_concurrent"):
         if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
             raise SearchInputError(f"{key}={cfg[key]!r} must be an integer >= 1")
+    num_samples = int(cfg["num_samples"] or budget["num_samples"])
+    distinct = distinct_configs(space)
+    if distinct is not None and num_samples > distinct:
+        # Same config and same seed give the same run: more trials than configurations only repeat work.
+        log.warning("space %s has %d distinct configurations; running %d trials, not %d",
+                    space.name, distinct, distinct, num_samples)
+        num_samples = distinct
     return SearchPlan(
         cfg=cfg, name=name, profile=profile, space=space, base_train=base,
-        num_samples=int(cfg["num_samples"] or budget["num_samples"]),
+        num_samples=num_samples,
         max_concurrent=int(cfg["max_concurrent"] or budget["max_concurrent"]),
         scheduler=scheduler, teachers=teachers_in_play(space, base))
+
+
+def distinct_configs(space: Space) -> int | None:
+    """How many different trial configs a space of choices can produce (conditionals applied); None if unbounded."""
+    if any(p.type != "choice" for p in space.params):
+        return None
+    names = [p.name for p in space.params]
+    combos = itertools.product(*(p.values for p in space.params))
+    return len({json.dumps(space.train_overrides(dict(zip(names, combo))), sort_keys=True, default=str)
+                for combo in combos})
 
 
 def teachers_in_play(space: Space, base: dict[str, Any]) -> list[str]:

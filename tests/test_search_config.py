@@ -95,3 +95,12 @@ def test_paper_profile_missing_teacher_fails_before_any_trial(tmp_path):
 def test_compose_returns_plain_containers():
     cfg = compose_config(["profile=smoke"])
     assert type(cfg) is dict and type(cfg["train"]) is dict and type(cfg["train"]["lr_milestones"]) is list
+
+
+def test_finite_spaces_run_each_configuration_once():
+    from search.run import distinct_configs
+
+    plan = plan_search(["space=teacher", "profile=smoke", "num_samples=10"])
+    assert distinct_configs(plan.space) == 4 and plan.num_samples == 4
+    assert plan_search(["space=rsl_source", "num_samples=2"]).num_samples == 2
+    assert distinct_configs(plan_search(["space=alpha"]).space) is None
