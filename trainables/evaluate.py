@@ -125,6 +125,19 @@ def _count_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int((model(x).argmax(dim=1) == y).sum().item())
 
 
+def accuracy_under(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> float:
+    """Fraction of the batches' examples the model still classifies right after x -> attack(x, y).
+
+    The caller sets the model's mode (evaluate() and the training loop's validation use eval mode).
+    """
+    correct = seen = 0
+    for x, y in batches:
+        correct += _count_correct(model, attack(x, y), y)
+        seen += len(y)
+    return correct / max(seen, 1)
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
              device: torch.device | str | None = None) -> float:
     """Clean accuracy (fraction in [0,1]) in eval mode and fp32; the model's modes are restored."""
@@ -172,11 +185,8 @@ def evaluate(
             attack = EVAL_ATTACKS.get(name)
             # A fresh generator per column: a column's value does not depend on which others ran.
             generator = torch.Generator(device=device).manual_seed(seed)
-            correct = 0
-            for x, y in _batches(images, labels, batch_size, device):
-                x_adv = attack(model, x, y, eps, generator)
-                correct += _count_correct(model, x_adv, y)
-            results[name] = correct / n
+            results[name] = accuracy_under(model, _batches(images, labels, batch_size, device),
+                                           lambda x, y: attack(model, x, y, eps, generator))
 
     log.info("evaluation eps=%.5f n=%d: %s", eps, n, ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
     return results

@@ -13,9 +13,10 @@ import torch
 import torch.nn as nn
 
 from trainables import checkpoints
-from trainables.attacks import cross_entropy, pgd
+from trainables.attacks import cross_entropy, model_mode, pgd
 from trainables.config import TrainConfig
 from trainables.data import DeviceLoader, ImageSplits, load_splits
+from trainables.evaluate import accuracy_under
 from trainables.methods import METHODS
 from trainables.models import build_model
 from trainables.runtime import autocast_dtype, rng_state, set_rng_state, setup_runtime
@@ -118,22 +119,14 @@ class Training:
     def validate(self) -> tuple[float, float]:
         """Clean and PGD accuracy on the validation split (CE, uniform start, val_attack_steps, fp32, eval mode)."""
         cfg = self.cfg
-        correct_clean = torch.zeros((), device=self.device)
-        correct_adv = torch.zeros((), device=self.device)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
-        n = 0
-        was_training = self.model.training
-        self.model.eval()
-        for x, y in self.val_loader.epoch(0):
-            with torch.no_grad():
-                correct_clean += (self.model(x).argmax(1) == y).sum()
-            x_adv = pgd(self.model, x, cross_entropy(y), eps=cfg.eps, step_size=cfg.attack_step_size,
-                        steps=cfg.val_attack_steps, start="uniform", generator=gen)
-            with torch.no_grad():
-                correct_adv += (self.model(x_adv).argmax(1) == y).sum()
-            n += len(y)
-        self.model.train(was_training)
-        return float(correct_clean.item() / n), float(correct_adv.item() / n)
+        batches = list(self.val_loader.epoch(0))
+        with model_mode(self.model, "eval"):
+            clean = accuracy_under(self.model, batches, lambda x, y: x)
+            robust = accuracy_under(self.model, batches, lambda x, y: pgd(
+                self.model, x, cross_entropy(y), eps=cfg.eps, step_size=cfg.attack_step_size,
+                steps=cfg.val_attack_steps, start="uniform", generator=gen))
+        return clean, robust
 
     # --- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:
