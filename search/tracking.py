@@ -21,7 +21,7 @@ from ray import tune
 log = logging.getLogger(__name__)
 
 # What the trainable reports that belongs in MLflow (Ray adds timestamps, pids, config/*...).
-METRIC_KEYS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_epoch",
+METRIC_KEYS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_val_clean_acc", "best_epoch",
                "schedule_pct", "epoch_time_s", "images_per_s")
 ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
 
@@ -106,7 +106,9 @@ class MLflowTracker(tune.Callback):
             best = max(scored, key=lambda t: t.last_result[f"best_{metric}"])
             self.client.set_tag(self.parent_id, "rslad.best_trial", best.trial_id)
             self.client.log_metric(self.parent_id, f"best/{metric}", best.last_result[f"best_{metric}"])
-            self.client.log_metric(self.parent_id, "best/val_clean_acc", best.last_result["val_clean_acc"])
+            # Clean accuracy at the best trial's best epoch, not its last one.
+            self.client.log_metric(self.parent_id, "best/val_clean_acc",
+                                   best.last_result.get("best_val_clean_acc", float("nan")))
         counts: dict[str, int] = {}
         for t in trials:
             counts[str(t.status)] = counts.get(str(t.status), 0) + 1

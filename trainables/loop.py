@@ -110,6 +110,7 @@ class Training:
             self.best = {"epoch": self.epoch, "val_pgd_acc": val_pgd, "metrics": dict(metrics),
                          "model": copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})}
         metrics["best_val_pgd_acc"] = self.best["val_pgd_acc"]
+        metrics["best_val_clean_acc"] = self.best["metrics"]["val_clean_acc"]
         metrics["best_epoch"] = self.best["epoch"]
         self.history.append(metrics)
         log.info("epoch %d/%d %s", self.epoch, cfg.epochs,
