@@ -125,12 +125,7 @@ def tune_objects(plan: SearchPlan) -> dict[str, Any]:
                                   reduction_factor=asha["reduction_factor"])
     else:
         scheduler = FIFOScheduler()
-    gpus = cfg["trial"]["gpus"]
-    if gpus is None:
-        import torch
-
-        gpus = 1 if torch.cuda.is_available() else 0
-    trainable = tune.with_resources(train_trial, {"cpu": cfg["trial"]["cpus"], "gpu": gpus})
+    trainable = tune.with_resources(train_trial, trial_resources(cfg))
     callbacks = [Progress(space.metric)]
     if cfg["tracking"]["enabled"]:
         tags = {"rslad.space": space.name, "rslad.profile": plan.profile, "rslad.metric": space.metric,
@@ -149,6 +144,16 @@ def tune_objects(plan: SearchPlan) -> dict[str, Any]:
                                   max_concurrent_trials=plan.max_concurrent)
     param_space = {"train": plan.base_train, "trial": {"checkpoint_every": cfg["trial"]["checkpoint_every"]}}
     return {"trainable": trainable, "run_config": run_config, "tune_config": tune_config, "param_space": param_space}
+
+
+def trial_resources(cfg: dict[str, Any]) -> dict[str, float]:
+    """Ray resources of one trial: trial.cpus, and trial.gpus (None: 1 when CUDA is visible to the driver, else 0)."""
+    gpus = cfg["trial"]["gpus"]
+    if gpus is None:
+        import torch
+
+        gpus = 1 if torch.cuda.is_available() else 0
+    return {"cpu": cfg["trial"]["cpus"], "gpu": gpus}
 
 
 def start_ray(cfg: dict[str, Any]) -> None:

@@ -138,14 +138,13 @@ def train_teachers(names: list[str], cfg: dict[str, Any]) -> dict[str, Path]:
     """Train `names` as Tune trials, save each best model as teachers_dir/<name>.pt, register it in MLflow."""
     from ray import tune
 
-    from search.run import start_ray
+    from search.run import start_ray, trial_resources
     from trainables.checkpoints import BEST_MODEL_FILE, load_model
     from trainables.teachers import save_teacher_checkpoint
 
     start_ray(cfg)
     jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]
-    gpus = cfg["trial"]["gpus"] or 0
-    trainable = tune.with_resources(train_teacher_trial, {"cpu": cfg["trial"]["cpus"], "gpu": gpus})
+    trainable = tune.with_resources(train_teacher_trial, trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
         param_space={"teacher": tune.grid_search(jobs), "trial": {"checkpoint_every": 1}},

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from trainables.attacks.autoattack import STANDARD_ATTACKS, AutoAttackResult, autoattack
 from trainables.evaluate import EVAL_ATTACKS, accuracy, evaluate, list_eval_attacks

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -108,7 +107,7 @@ class Training:
         }
         if val_pgd > self.best["val_pgd_acc"]:
             self.best = {"epoch": self.epoch, "val_pgd_acc": val_pgd, "metrics": dict(metrics),
-                         "model": copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})}
+                         "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}}
         metrics["best_val_pgd_acc"] = self.best["val_pgd_acc"]
         metrics["best_val_clean_acc"] = self.best["metrics"]["val_clean_acc"]
         metrics["best_epoch"] = self.best["epoch"]
