@@ -244,6 +244,73 @@ def summary(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], selec
     return lines
 
 
+# The validation attacks (train.val_attack), as the selection-rule line names them.
+VAL_ATTACK_TEXT = {
+    "pgd": "the cheap validation PGD (CE, uniform start, {steps} steps of {step:.4g})",
+    "pgd_trades": "PGD_TRADES (PGD-20 on CE, step 0.003, uniform start)",
+    "pgd_sat": "PGD_SAT (PGD-20 on CE, step 2/255, uniform start)",
+    "fgsm": "FGSM (one step of eps on CE)",
+    "cw_inf": "CW_inf (PGD-30 on the CW margin, step 2/255)",
+}
+
+
+def _setting(row: pd.Series, key: str, default: Any) -> Any:
+    value = row.get(key, default)
+    return default if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+
+def selection_rules(runs: pd.DataFrame) -> list[str]:
+    """How each trial's best checkpoint (and val_pgd_acc) was chosen, from its params; one sentence per distinct rule."""
+    rules: dict[str, list[str]] = {}
+    for _, row in runs.iterrows():
+        # Runs recorded before train.val_attack existed used the cheap PGD.
+        attack = str(_setting(row, "val_attack", "pgd"))
+        size = int(_setting(row, "val_size", 1000))
+        text = VAL_ATTACK_TEXT.get(attack, attack).format(steps=int(_setting(row, "val_attack_steps", 10)),
+                                                          step=float(_setting(row, "attack_step_size", 2 / 255)))
+        if size == 0:
+            where = "on the test set, so best-checkpoint numbers are test-selected"
+            if attack == "pgd_trades":
+                where += " (the reference code's rule, as in the paper)"
+        else:
+            where = f"on a held-out split of {size} training images (the test set plays no part in selection)"
+        rules.setdefault(f"{text} {where}", []).append(str(row["trial_id"]))
+    if len(rules) == 1:
+        return [f"**Checkpoint selection**: every trial kept its best epoch by {next(iter(rules))}."]
+    return [f"**Checkpoint selection** differs between trials: {rule} for {', '.join(ids)}."
+            for rule, ids in rules.items()]
+
+
+def numerics_notes(runs: pd.DataFrame) -> list[str]:
+    """What the bf16 (amp) and T(x') choices of these trials do to their numbers, with the measured figures."""
+    lines = []
+    # amp acts only on CUDA; device=cpu trials ran fp32 whatever amp said.
+    amp = {bool(_setting(row, "amp", True)) and _setting(row, "device", "auto") != "cpu" for _, row in runs.iterrows()}
+    if True in amp:
+        lines.append("- **bf16 (train.amp=true)**: on a CUDA device, training and the inner attack ran under bf16 "
+                     "autocast (evaluation is fp32; on a CPU amp does nothing). Emulated on a CPU against fp32, one "
+                     "RSLAD step changes 5.5 % of the x' elements and the gradient by 1.8 %; the effect on final "
+                     "accuracy is not measured here (`python -m benchmarks.gpu_check` measures it on a GPU). For a "
+                     "headline reproduction run with train.amp=false.")
+    if False in amp:
+        lines.append("- **fp32** (train.amp=false, or device=cpu): training and attacks in fp32, the control for a "
+                     "headline reproduction.")
+    t3_adv = sorted({str(row["trial_id"]) for _, row in runs.iterrows()
+                     if _setting(row, "method", "") == "rslad" and str(_setting(row, "rsl_source", "")).endswith("-adv")})
+    if t3_adv:
+        lines.append(f"- **T3 = T(x')** ({', '.join(t3_adv)}): the inner attack uses the teacher's soft label on the "
+                     "moving x' as a constant target at each step, without a gradient through the teacher (the paper "
+                     "and its code do not say which); the other reading changes 44-46 % of the x' elements.")
+    scales = {(str(_setting(row, "recipe", "")), float(_setting(row, "recipe_scale", 1.0)))
+              for _, row in runs.iterrows() if _setting(row, "recipe", "")}
+    short = sorted(name for name, scale in scales if not math.isclose(scale, 1.0))
+    if short:
+        ratio = "/".join(sorted({f"{scale:.4g}" for _, scale in scales}))
+        lines.append(f"- **Recipes at {ratio} of their published length** ({', '.join(short)}): the base schedule "
+                     "was shorter than the paper's 300 epochs, so every recipe ran a proportional short version.")
+    return lines
+
+
 def trial_setting(row: pd.Series) -> dict[str, Any]:
     """A trial's setting in paper.match_rows' vocabulary (teacher as its canonical architecture)."""
     from trainables.teachers import get_teacher
@@ -257,7 +324,7 @@ def trial_setting(row: pd.Series) -> dict[str, Any]:
             arch = teacher
     return {"dataset": row.get("dataset"), "student": row.get("student"), "method": row.get("method"),
             "teacher_arch": arch, "rsl_source": row.get("rsl_source"), "alpha": row.get("alpha"),
-            "eps": row.get("eps"), "epochs": row.get("epochs")}
+            "eps": row.get("eps"), "epochs": row.get("epochs"), "recipe": _setting(row, "recipe", "")}
 
 
 def compare_section(ordered: pd.DataFrame) -> list[str]:
@@ -376,10 +443,14 @@ def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *,
               f"{len(ordered)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())}); tracking `{tracking_uri}`.",
               "",
               f"**Selection metric**: `{select}` ({mode}) — "
-              + ("the best validation PGD accuracy over the epochs a trial ran (held-out split, CE PGD); "
+              + ("the best validation robust accuracy over the epochs a trial ran (under train.val_attack, below); "
                  if select == "best_val_pgd_acc" else "") +
               "trials are ranked by it, and `analysis.finalize` evaluates the top-k on the test set.",
-              "", "## Summary", ""]
+              "", *selection_rules(ordered), ""]
+    notes = numerics_notes(ordered)
+    if notes:
+        lines += ["## Choices that affect the numbers", "", *notes, ""]
+    lines += ["## Summary", ""]
     lines += summary(ordered, n_ranked, settings, select, mode, winner, savings, clean)
     table, finalized = test_table(ordered, n_ranked, settings, select)
     lines += ["", "## Test-set robustness of the finalized trials (%, supplement layout)", ""]

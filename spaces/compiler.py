@@ -36,6 +36,11 @@ between trials that train for different numbers of epochs.
 Transforms: ``ratio_to_fraction`` maps k >= 0 to k / (1 + k) (alpha searched as the supplement's
 ratio k = alpha / (1 - alpha), Fig. 1).
 
+Recipes: a param or fixed value whose target is ``recipe`` (a name from ``trainables.recipes``)
+expands into that paper row's TrainConfig fields (method, epochs, lr schedule, knobs), scaled by
+base epochs / 300, plus ``recipe`` and ``recipe_scale``; fields the space sets itself stay as set
+(a contradiction is a TrainConfig error, so validate() refuses the space).
+
 The define-by-run function returns the TrainConfig values as ``{"train/<field>": value}``: Ray's
 OptunaSearch merges them with Optuna's own (bare-named) params and unflattens the "/" keys, so a
 trial's config is ``{"alpha_ratio": 5.0, "train": {"alpha": 0.833, ...}}`` deep-merged with the
@@ -57,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import yaml
 
 from trainables.config import ConfigError, TrainConfig, config_fields
+from trainables.recipes import RECIPES, recipe_overrides
 
 if TYPE_CHECKING:  # optuna is only needed by whoever passes a trial in
     import optuna
@@ -66,6 +72,7 @@ SPACES_DIR: Path = Path(__file__).resolve().parent
 
 DEFAULT_PROFILE = "paper"
 TRAIN_PREFIX = "train/"
+RECIPE_FIELD = "recipe"
 
 TOP_LEVEL_KEYS = ("description", "metric", "mode", "params", "fixed", "points_to_evaluate", "budget", "profiles")
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform", "int", "logint")
@@ -277,7 +284,7 @@ class Space:
 
     def _overrides(self, value_of: Callable[[Param], Any]) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
-        train: dict[str, Any] = dict(self.fixed)
+        train = self._with_recipe(dict(self.fixed))
         for p in self.params:
             if not self._active(p, chosen, train):
                 continue
@@ -286,7 +293,23 @@ class Space:
                 continue
             chosen[p.name] = value
             train[p.target] = p.to_train(value)
+            if p.target == RECIPE_FIELD:
+                train = self._with_recipe(train)
         return {TRAIN_PREFIX + k: v for k, v in train.items()}
+
+    def _with_recipe(self, train: dict[str, Any]) -> dict[str, Any]:
+        """train plus the fields of its recipe (scaled to the base schedule) that it does not set itself.
+
+        A field the space sets itself stays as set: when it contradicts the recipe, building the
+        TrainConfig fails naming the field, so validate() refuses the space.
+        """
+        name = train.get(RECIPE_FIELD)
+        if not name or name not in RECIPES:
+            return train  # no recipe, or an unknown one: TrainConfig names it when the config is built
+        epochs = self.base.get("epochs", TrainConfig.epochs)
+        for key, value in recipe_overrides(name, epochs).items():
+            train.setdefault(key, list(value) if isinstance(value, tuple) else value)
+        return train
 
     def _active(self, p: Param, chosen: Mapping[str, Any], train: Mapping[str, Any]) -> bool:
         """Whether p's `when` holds given the params chosen so far and the fields set so far."""
@@ -304,6 +327,25 @@ class Space:
             if current not in allowed:
                 return False
         return True
+
+    def field_values(self, key: str) -> set[Any]:
+        """Every value TrainConfig field `key` can take in a trial (lists as tuples): its fixed value (a fixed
+        recipe's included) or the base's, the choices of a param that targets it, and what each recipe choice sets.
+
+        Range params that target `key` are not enumerated; the driver asks this for names (method,
+        teacher, dataset, data_dir, ...), which are choices. Call validate() first: it records the base.
+        """
+        fixed = self._with_recipe(dict(self.fixed))
+        values = {fixed[key] if key in fixed else self.base.get(key, getattr(TrainConfig, key))}
+        for p in self.params:
+            if p.type != "choice":
+                continue
+            if p.target == key:
+                values |= {p.to_train(v) for v in p.values}
+            elif p.target == RECIPE_FIELD and key not in fixed:
+                values |= {self._with_recipe({RECIPE_FIELD: v}).get(key, self.base.get(key, getattr(TrainConfig, key)))
+                           for v in p.values}
+        return {tuple(v) if isinstance(v, list) else v for v in values}
 
     def _param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -348,8 +390,10 @@ class Space:
                 for value in allowed:
                     options += [{**w, key: value} for w in self._witnesses(by_name[key])]
             else:
-                # A field the space never sets: it holds or not by the base/fixed values alone.
-                current = self.fixed.get(key, self.base.get(key, getattr(TrainConfig, key)))
+                # A field the space never searches: it holds or not by the fixed values (a fixed recipe's
+                # included) or the base alone.
+                fixed = self._with_recipe(dict(self.fixed))
+                current = fixed.get(key, self.base.get(key, getattr(TrainConfig, key)))
                 if current in allowed:
                     options.append({})
             per_key.append(options)
@@ -367,11 +411,13 @@ class Space:
 
     def _active_params(self, assignment: Mapping[str, Any]) -> Iterator[str]:
         chosen: dict[str, Any] = {}
-        train: dict[str, Any] = dict(self.fixed)
+        train = self._with_recipe(dict(self.fixed))
         for p in self.params:
             if self._active(p, chosen, train) and p.name in assignment:
                 chosen[p.name] = assignment[p.name]
                 train[p.target] = p.to_train(assignment[p.name])
+                if p.target == RECIPE_FIELD:
+                    train = self._with_recipe(train)
                 yield p.name
 
     def _check_config(self, key: str, params: Mapping[str, Any], expect_active: str | None = None) -> None:

@@ -348,6 +348,10 @@ def test_report_table_matches_mlflow(finalized, tmp_path):
                 assert r[f"{ck.capitalize()} {title}"] == f"{100 * runs.loc[r['Trial'], result_key(col, ck)]:.2f}"
         assert r["best_val_pgd_acc (%)"] == f"{100 * runs.loc[r['Trial'], 'best_val_pgd_acc']:.2f}"
     assert "Selection metric**: `best_val_pgd_acc` (max)" in text
+    assert ("**Checkpoint selection**: every trial kept its best epoch by the cheap validation PGD (CE, uniform "
+            "start, 10 steps of 0.025) on a held-out split of 300 training images") in text
+    assert "**fp32** (train.amp=false, or device=cpu)" in text and "bf16" not in text
+    assert "**T3 = T(x')** (t0003, t0005)" in text and "44-46 %" in text
     assert [r["Trial"] for r in val_rows] == ["t0001", "t0002", "t0004", "t0003", "t0005"]
     for r in val_rows:
         tid = r["Trial"]
@@ -417,6 +421,57 @@ def test_compare_section_gives_the_difference_in_points():
     diff = [r for r in rows if r["Row"] == "difference (points)" and r["Checkpoint"] == "best"][0]
     assert diff["Clean"] == "+0.62" and diff["AA"] == "-1.49"
     assert any("Tables 2-4" in r["Row"] for r in rows)
+
+
+def test_selection_rule_is_read_from_the_trial_params():
+    from analysis.report import selection_rules
+
+    paper_rule = pd.DataFrame([{"trial_id": "a", "val_attack": "pgd_trades", "val_size": 0},
+                               {"trial_id": "b", "val_attack": "pgd_trades", "val_size": 0}])
+    assert selection_rules(paper_rule) == [
+        "**Checkpoint selection**: every trial kept its best epoch by PGD_TRADES (PGD-20 on CE, step 0.003, uniform "
+        "start) on the test set, so best-checkpoint numbers are test-selected (the reference code's rule, as in the "
+        "paper)."]
+    mixed = pd.DataFrame([{"trial_id": "a", "val_attack": "pgd", "val_size": 1000, "val_attack_steps": 10,
+                           "attack_step_size": 2 / 255},
+                          {"trial_id": "b", "val_attack": "cw_inf", "val_size": 500}])
+    lines = selection_rules(mixed)
+    assert len(lines) == 2 and all(line.startswith("**Checkpoint selection** differs between trials") for line in lines)
+    assert "10 steps of 0.007843) on a held-out split of 1000 training images" in lines[0] and lines[0].endswith("for a.")
+    assert "CW_inf (PGD-30 on the CW margin, step 2/255) on a held-out split of 500" in lines[1]
+    # runs recorded before val_attack existed: the cheap PGD
+    assert "the cheap validation PGD" in selection_rules(pd.DataFrame([{"trial_id": "a", "val_size": 1000}]))[0]
+
+
+def test_numerics_notes_state_what_bf16_and_recipe_scaling_did():
+    from analysis.report import numerics_notes
+
+    gpu = pd.DataFrame([{"trial_id": "a", "amp": True, "device": "auto", "method": "rslad", "rsl_source": "nat-nat-nat",
+                         "recipe": "sat", "recipe_scale": 8 / 300}])
+    notes = "\n".join(numerics_notes(gpu))
+    assert "bf16 (train.amp=true)" in notes and "5.5 % of the x' elements and the gradient by 1.8 %" in notes
+    assert "train.amp=false" in notes and "T3 = T(x')" not in notes
+    assert "Recipes at 0.02667 of their published length** (sat)" in notes
+    control = pd.DataFrame([{"trial_id": "a", "amp": False, "device": "cuda", "recipe": "", "recipe_scale": 1.0}])
+    assert numerics_notes(control) == ["- **fp32** (train.amp=false, or device=cpu): training and attacks in fp32, "
+                                       "the control for a headline reproduction."]
+
+
+def test_compare_puts_each_recipe_beside_its_table4_row():
+    from analysis.report import compare_section, trial_setting
+
+    base = {"dataset": "cifar10", "student": "resnet18", "teacher": "none", "eps": 8 / 255,
+            **{result_key(c, ck): 0.5 for c in TEST_COLUMNS for ck in ("best", "last")}}
+    trials = pd.DataFrame([
+        {**base, "trial_id": "s", "method": "sat", "recipe": "sat", "epochs": 100},
+        # a -300 recipe scaled down to 100 epochs is still the -300 row, not the 100-epoch one
+        {**base, "trial_id": "s3", "method": "sat", "recipe": "sat_300", "recipe_scale": 1 / 3, "epochs": 100},
+        {**base, "trial_id": "i", "method": "iad", "recipe": "iad", "teacher": "wrn34_10_trades", "epochs": 200},
+    ])
+    rows = md_tables("\n".join(compare_section(trials)))[0]
+    published = [r["Row"] for r in rows if r["Row"].startswith("Table")]
+    assert published == ["Table 4: SAT"] * 2 + ["Table 4: SAT-300"] * 2 + ["Table 4: IAD"] * 2
+    assert paper.match_rows(trial_setting(trials.iloc[1]))[0].label == "SAT-300"
 
 
 # --- command line ---------------------------------------------------------------------------------

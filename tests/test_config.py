@@ -53,6 +53,16 @@ def test_milestones_rescale_to_the_run_length():
     ({"amp": "yes"}, "amp='yes' must be true or false"),
     ({"lr_milestones": [260, 215]}, "lr_milestones=[260, 215] must be increasing"),
     ({"attack_step_size": 0.5}, "attack_step_size=0.5 is larger than eps"),
+    ({"method": "sat", "teacher": "none", "eps": 0},
+     "eps=0.0 with method='sat' trains without an attack; allowed: eps > 0 for ard, iad, rslad, sat, trades "
+     "(or method=natural)"),
+    ({"eps": 0.0}, "eps=0.0 with method='rslad' trains without an attack"),
+    ({"sat_attack_mode": "test"}, "sat_attack_mode='test' is not allowed; allowed: train, eval"),
+    ({"val_attack": "autoattack"}, "val_attack='autoattack' is not allowed; allowed: pgd, pgd_trades, pgd_sat, fgsm, cw_inf"),
+    ({"recipe": "madry"}, "recipe='madry' is not registered; allowed: ard, ard_300, iad"),
+    ({"recipe_scale": 0.5}, "recipe_scale=0.5 needs a recipe; allowed: recipe_scale=1.0 without one"),
+    ({"recipe": "sat"}, "method='rslad' contradicts recipe='sat', which sets method='sat'; allowed: leave method "
+                        "to the recipe, or drop the recipe"),
 ])
 def test_from_dict_rejects_bad_values_naming_the_key(values, message):
     with pytest.raises(ConfigError) as err:
@@ -68,6 +78,15 @@ def test_round_trip_and_coercion():
     assert cfg.replace(seed=3).seed == 3
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 1  # type: ignore[misc]
+
+
+def test_natural_training_may_use_eps_zero():
+    assert TrainConfig.from_dict({"method": "natural", "teacher": "none", "eps": 0}).eps == 0.0
+
+
+def test_new_fields_default_to_the_reference_behaviour():
+    cfg = TrainConfig()
+    assert (cfg.sat_attack_mode, cfg.val_attack, cfg.recipe, cfg.recipe_scale) == ("train", "pgd", "", 1.0)
 
 
 def test_methods_without_teacher_accept_none():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from trainables.methods import ard_loss, iad_loss, parse_rsl_source, rslad_loss, trades_loss
 
@@ -92,6 +93,58 @@ def test_iad_loss_by_hand_weights_introspection_by_teacher_trust():
     labels = torch.tensor([0])
     beta = 0.1
     w = 0.75**beta  # teacher_adv = A puts 3/4 on the true class
-    want = kl(PA, PB) + (1 - w) * kl(PU, PB) + (1 - 0.9) * -math.log(0.5)
+    # IAD-I multiplies BOTH KL terms by alpha (an earlier version dropped it: +9.9 % at alpha 0.9).
+    want = 0.9 * (kl(PA, PB) + (1 - w) * kl(PU, PB)) + (1 - 0.9) * -math.log(0.5)
     got = iad_loss(t(U), t(B), t(A), t(A), labels, alpha=0.9, beta=beta)
     assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_iad_warmup_is_per_sample_kl_not_ards_element_mean():
+    # Warm-up (teacher_adv=None): alpha * KL(T(x) || S(x')) summed over classes, averaged over the
+    # batch, + (1-alpha) CE; no introspection term. Two samples, two classes, by hand:
+    labels = torch.tensor([0, 1])
+    want = 0.8 * (kl(PA, PB) + kl(PB, PU)) / 2 + 0.2 * (-math.log(0.5) - math.log(0.75)) / 2
+    got = iad_loss(t(U, B), t(B, U), t(A, B), None, labels, alpha=0.8, beta=0.1)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_iad_warmup_is_ten_times_ards_t1_loss_on_ten_classes():
+    # The mismatch this pins: warm-up used to be ard_loss(t=1), whose KL is an element mean over
+    # batch x classes; IAD-I's is a per-sample sum, i.e. C = 10 times larger on CIFAR-10 (alpha = 1).
+    g = torch.Generator().manual_seed(0)
+    s_nat, s_adv, t_nat = (torch.randn(8, 10, generator=g, dtype=torch.float64) for _ in range(3))
+    labels = torch.randint(0, 10, (8,), generator=g)
+    warmup = iad_loss(s_nat, s_adv, t_nat, None, labels, alpha=1.0, beta=0.1)
+    ard_t1 = ard_loss(s_nat, s_adv, t_nat, labels, alpha=1.0, temperature=1.0)
+    assert warmup.item() == pytest.approx(10 * ard_t1.item(), rel=1e-5)
+
+
+def _iad_i_reference(s_nat, s_adv, t_nat, t_adv, labels, alpha, beta, warmup):
+    """IAD-I.py's loss written with torch's KLDivLoss(reduce=False) exactly as the reference composes it (temp 1)."""
+    kl_elem = torch.nn.KLDivLoss(reduction="none")
+    n = len(s_adv)
+    distill = alpha * (1 / n) * torch.sum(kl_elem(F.log_softmax(s_adv, 1), F.softmax(t_nat, 1)).sum(dim=1))
+    ce = (1 - alpha) * F.cross_entropy(s_nat, labels)
+    if warmup:
+        return distill + ce
+    trust = torch.stack([F.softmax(t_adv, 1)[i][labels[i]].pow(beta).detach() for i in range(n)])
+    introspect = alpha * (1 / n) * torch.sum(kl_elem(F.log_softmax(s_adv, 1), F.softmax(s_nat, 1)).sum(dim=1)
+                                             .mul(1 - trust))
+    return distill + introspect + ce
+
+
+@pytest.mark.parametrize("warmup", [True, False], ids=["warmup", "after_warmup"])
+@pytest.mark.parametrize("alpha", [1.0, 0.9])
+def test_iad_loss_and_gradients_equal_the_reference_composition(warmup, alpha):
+    g = torch.Generator().manual_seed(1)
+    s_nat0, s_adv0, t_nat, t_adv = (3 * torch.randn(16, 10, generator=g, dtype=torch.float32) for _ in range(4))
+    labels = torch.randint(0, 10, (16,), generator=g)
+    grads = []
+    for fn in (lambda a, b: iad_loss(a, b, t_nat, None if warmup else t_adv, labels, alpha, 0.1),
+               lambda a, b: _iad_i_reference(a, b, t_nat, t_adv, labels, alpha, 0.1, warmup)):
+        s_nat, s_adv = s_nat0.clone().requires_grad_(True), s_adv0.clone().requires_grad_(True)
+        loss = fn(s_nat, s_adv)
+        loss.backward()
+        grads.append((loss.detach(), s_nat.grad, s_adv.grad))
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,10 @@ def sample(space: Space, n: int, seed: int = 0) -> list[tuple[dict, dict]]:
     return out
 
 
+def write(folder: Path, name: str, text: str) -> None:
+    (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
+
+
 def unprefix(train: dict) -> dict:
     assert all(k.startswith("train/") for k in train), train
     return {k.removeprefix("train/"): v for k, v in train.items()}
@@ -58,10 +62,14 @@ def test_shipped_space_validates_and_every_trial_is_a_valid_config(name: str, pr
     space = load_space(name, profile)
     assert (space.name, space.profile, space.metric, space.mode) == (name, profile, "val_pgd_acc", "max")
     assert space.description and space.source == SPACES_DIR / f"{name}.yaml"
-    assert space.budget["scheduler"] == "asha" and space.budget["asha"]["time_attr"] == "schedule_pct"
+    # The method space is a table of paper rows: every recipe runs to the end.
+    assert space.budget["scheduler"] == ("none" if name == "method" else "asha")
+    assert space.budget["asha"]["time_attr"] == "schedule_pct"
     if profile == "smoke":
-        assert 6 <= space.budget["num_samples"] <= 8 and space.budget["max_concurrent"] == 2
-        assert (space.budget["asha"]["grace_period"], space.budget["asha"]["reduction_factor"]) == (25, 2)
+        assert 6 <= space.budget["num_samples"] <= (10 if name == "method" else 8)
+        assert space.budget["max_concurrent"] == 2
+        if name != "method":
+            assert (space.budget["asha"]["grace_period"], space.budget["asha"]["reduction_factor"]) == (25, 2)
     space.validate(BASES[profile])
     teachers = DIGITS_TEACHERS if profile == "smoke" else CIFAR_TEACHERS
     for params, train in sample(space, 40):
@@ -110,29 +118,80 @@ def test_warm_starts_are_enqueued_in_param_units():
     assert abs(first["train/alpha"] - 5 / 6) < 1e-12
 
 
+RECIPES = ("natural", "sat", "sat_300", "trades", "trades_300", "ard", "ard_300", "iad", "iad_300", "rslad")
+DISTILL = ("ard", "ard_300", "iad", "iad_300", "rslad")
+
+
 @pytest.mark.parametrize("profile", PROFILES)
-def test_method_space_conditionals(profile: str):
+def test_method_space_runs_every_recipe_with_a_teacher_only_for_distillation(profile: str):
     space = load_space("method", profile)
     space.validate(BASES[profile])
     seen = set()
     for params, train in sample(space, 120):
-        method = params["method"]
-        seen.add(method)
-        assert train["train/method"] == method
-        if method in ("ard", "iad", "rslad"):
-            assert "teacher" in params and train["train/teacher"] == params["teacher"]
+        recipe = params["recipe"]
+        seen.add(recipe)
+        values = unprefix(train)
+        assert values["recipe"] == recipe and values["method"] == recipe.removesuffix("_300")
+        if recipe in DISTILL:
+            assert "teacher" in params and values["teacher"] == params["teacher"]
         else:
-            assert "teacher" not in params and "train/teacher" not in train
-        if method == "rslad":
-            assert {"alpha_ratio", "rsl_source"} <= set(params)
-            assert 0 < train["train/alpha"] < 1 and train["train/rsl_source"] in RSL_SOURCES
-        else:
-            assert not {"alpha_ratio", "rsl_source"} & set(params)
-            assert "train/alpha" not in train and "train/rsl_source" not in train
-    assert seen == {"natural", "sat", "trades", "ard", "iad", "rslad"}
-    assert space.train_overrides({"method": "natural", "teacher": space.params[1].values[0]}) == {
-        "train/method": "natural"
-    }
+            assert "teacher" not in params and "teacher" not in values
+        TrainConfig.from_dict({**BASES[profile], **values})  # the label agrees with the fields
+    assert seen == set(RECIPES)
+    assert [p["recipe"] for p in space.points_to_evaluate] == ["rslad", *[r for r in RECIPES if r != "rslad"]]
+    assert space.budget["num_samples"] == len(RECIPES)
+
+
+def test_method_space_paper_profile_trains_the_published_schedules():
+    space = load_space("method", "paper")
+    space.validate(PAPER_BASE)
+    got = {r: space.train_config({"recipe": r}) for r in RECIPES}
+    assert {r: (c.epochs, c.milestone_epochs()) for r, c in got.items()} == {
+        "natural": (100, [75, 90]), "sat": (100, [75, 90]), "trades": (100, [75, 90]),
+        "ard": (200, [100, 150]), "iad": (200, [100, 150]),
+        **{r: (300, [215, 260, 285]) for r in ("sat_300", "trades_300", "ard_300", "iad_300", "rslad")}}
+    assert got["rslad"].alpha == pytest.approx(5 / 6) and got["rslad"].rsl_source == "nat-nat-nat"
+    assert got["iad"].iad_warmup_epochs == 60 and got["sat"].sat_attack_mode == "train"
+
+
+def test_method_space_smoke_profile_scales_every_schedule_to_the_base():
+    space = load_space("method", "smoke")
+    space.validate(SMOKE_BASE)  # 6 base epochs
+    got = {r: space.train_config({"recipe": r}) for r in RECIPES}
+    assert {r: c.epochs for r, c in got.items()} == {
+        "natural": 2, "sat": 2, "trades": 2, "ard": 4, "iad": 4,
+        "sat_300": 6, "trades_300": 6, "ard_300": 6, "iad_300": 6, "rslad": 6}
+    assert all(c.recipe_scale == pytest.approx(6 / 300) for c in got.values())
+
+
+def test_a_space_that_contradicts_its_recipe_is_refused(tmp_path: Path):
+    write(tmp_path, "bad", """
+        params:
+          recipe: {type: choice, values: [sat, trades]}
+          trades_beta: {type: uniform, low: 1.0, high: 10.0, when: {recipe: trades}}
+        """)
+    space = load_space("bad", spaces_dir=tmp_path)
+    with pytest.raises(SpaceError) as err:
+        space.validate(PAPER_BASE)
+    assert "trades_beta=1.0 contradicts recipe='trades', which sets trades_beta=6.0" in str(err.value)
+    write(tmp_path, "bad2", """
+        params:
+          recipe: {type: choice, values: [sat, sat_9000]}
+        """)
+    with pytest.raises(SpaceError, match=r"params.recipe.values\[1\]='sat_9000': recipe='sat_9000' is not registered"):
+        load_space("bad2", spaces_dir=tmp_path).validate(PAPER_BASE)
+
+
+def test_a_fixed_recipe_expands_and_feeds_when_conditions(tmp_path: Path):
+    write(tmp_path, "fixedrecipe", """
+        params:
+          teacher: {type: choice, values: [wrn34_10_trades, resnet18_trades], when: {method: ard}}
+        fixed: {recipe: ard}
+        """)
+    space = load_space("fixedrecipe", spaces_dir=tmp_path)
+    space.validate(PAPER_BASE)
+    cfg = space.train_config({"teacher": "resnet18_trades"})
+    assert (cfg.recipe, cfg.method, cfg.epochs, cfg.teacher) == ("ard", "ard", 200, "resnet18_trades")
 
 
 def test_epochs_space_says_asha_is_fair_across_schedules():
@@ -291,3 +350,15 @@ def test_unknown_space_lists_the_available_ones():
         load_space("alpah")
     assert str(err.value).startswith("space='alpah' not found; available: alpha, epochs, joint, method")
     assert isinstance(err.value, ValueError)
+
+
+def test_field_values_include_what_recipes_set():
+    space = load_space("method", "paper")
+    space.validate(PAPER_BASE)
+    assert space.field_values("method") == {"natural", "sat", "trades", "ard", "iad", "rslad"}
+    assert space.field_values("epochs") == {100, 200, 300}
+    assert space.field_values("teacher") == {"wrn34_10_trades"}
+    assert space.field_values("dataset") == {"cifar10"}
+    alpha = load_space("alpha", "smoke")
+    alpha.validate(SMOKE_BASE)
+    assert alpha.field_values("method") == {"rslad"} and alpha.field_values("epochs") == {6}

@@ -131,6 +131,40 @@ def test_robustbench_dm_layout_without_mean_std_loads(tmp_path, small_arch_teach
     assert teacher.net.mean.flatten().tolist() == pytest.approx([0.4914, 0.4822, 0.4465])
 
 
+@pytest.mark.parametrize("shape", [(3, 1, 1), (3,), (1, 3, 1, 1)])
+def test_robustbench_mean_std_in_any_per_channel_layout_load_and_are_used(tmp_path, small_arch_teachers, shape):
+    torch.manual_seed(0)
+    model = _bn_stats(DMWideResNet(10, 2, 10, 3, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7)))
+    # RobustBench's 2021 DMWideResNet registers mean/std as buffers shaped (3, 1, 1).
+    state = {**model.state_dict(), "mean": model.mean.reshape(shape), "std": model.std.reshape(shape)}
+    torch.save(state, tmp_path / "gowal.pt")
+    teacher = build_teacher("test_gowal", tmp_path / "gowal.pt", num_classes=10, in_channels=3)
+    assert teacher.net.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    x = torch.rand(3, 3, 16, 16)
+    torch.testing.assert_close(teacher(x), model(x), rtol=0, atol=0)
+
+
+def test_mean_std_of_the_wrong_size_are_still_refused(tmp_path, small_arch_teachers):
+    model = DMWideResNet(10, 2, 10, 3)
+    torch.save({**model.state_dict(), "mean": torch.zeros(4, 1, 1)}, tmp_path / "gowal.pt")
+    with pytest.raises(TeacherLoadError, match=r"shape mismatches \(file vs model\) \(1\): mean \(4, 1, 1\) vs \(1, 3, 1, 1\)"):
+        build_teacher("test_gowal", tmp_path / "gowal.pt", num_classes=10, in_channels=3)
+
+
+def test_a_cifar100_dm_teacher_without_mean_std_normalises_with_cifar100_statistics(tmp_path, monkeypatch):
+    from trainables import models
+
+    monkeypatch.setitem(MODELS._items, "test_dmwrn10_1", lambda k, c, dataset=None: DMWideResNet(10, 1, k, c, dataset=dataset))
+    monkeypatch.setattr(models, "_TAKES_DATASET", {*models._TAKES_DATASET, "test_dmwrn10_1"})
+    monkeypatch.setitem(TEACHERS._items, "test_gowal100", TeacherSpec("test_gowal100", "test_dmwrn10_1", "cifar100",
+                                                                      "trades", 8 / 255, None, None, "checkpoint"))
+    state = {k: v for k, v in DMWideResNet(10, 1, 100, 3).state_dict().items() if k not in ("mean", "std")}
+    torch.save(state, tmp_path / "g100.pt")
+    teacher = build_teacher("test_gowal100", tmp_path / "g100.pt", num_classes=100, in_channels=3)
+    assert teacher.net.mean.flatten().tolist() == pytest.approx([0.5071, 0.4865, 0.4409])
+    assert teacher.net.std.flatten().tolist() == pytest.approx([0.2673, 0.2564, 0.2762])
+
+
 # --- failures ---------------------------------------------------------------------------
 def test_missing_file_says_where_and_how(tmp_path):
     path = tmp_path / "nope.pt"

@@ -11,6 +11,9 @@ from typing import Any, Mapping
 RSL_SOURCES = ("nat-nat-nat", "nat-adv-nat", "nat-adv-adv", "adv-adv-adv")
 DATASETS = ("cifar10", "cifar100", "digits")
 NO_TEACHER = "none"
+SAT_ATTACK_MODES = ("train", "eval")
+# "pgd" is the cheap validation PGD; the others are evaluation columns (trainables.evaluate.EVAL_ATTACKS).
+VAL_ATTACKS = ("pgd", "pgd_trades", "pgd_sat", "fgsm", "cw_inf")
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,10 @@ class TrainConfig:
     """Folder of teacher checkpoints named <teacher>.pt (the search driver makes it absolute)."""
 
     # --- method -------------------------------------------------------------------------
+    recipe: str = ""
+    """A paper row from trainables.recipes.list_recipes() that this config follows (method, schedule, knobs), or empty; fields contradicting it are refused."""
+    recipe_scale: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    """Length of the recipe's schedule relative to its published one (epochs and warm-up scale by it; 1.0 = the paper's); only with a recipe."""
     method: str = "rslad"
     """Training method, a name from trainables.methods.list_methods()."""
     alpha: float = field(default=5 / 6, metadata=_range(0.0, 1.0))
@@ -62,6 +69,8 @@ class TrainConfig:
     """Factor on RSLAD's batch-mean KL; the reference's 1/10 is part of its effective learning rate."""
     trades_beta: float = field(default=6.0, metadata=_range(0.0))
     """TRADES weight of KL(S(x) || S(x'))."""
+    sat_attack_mode: str = field(default="train", metadata={"choices": SAT_ATTACK_MODES})
+    """SAT's inner attack with the student in train mode (BatchNorm batch statistics, as Madry's cifar10_challenge) or eval mode."""
     ard_alpha: float = field(default=1.0, metadata=_range(0.0, 1.0))
     """ARD/IAD weight of the distillation term against (1 - ard_alpha) * CE."""
     ard_temperature: float = field(default=30.0, metadata=_range(0.0, lo_open=True))
@@ -96,8 +105,10 @@ class TrainConfig:
     """Steps of the training (inner) attack."""
     attack_step_size: float = field(default=2 / 255, metadata=_range(0.0, lo_open=True))
     """Step size of the training attack."""
+    val_attack: str = field(default="pgd", metadata={"choices": VAL_ATTACKS})
+    """Attack that scores validation (val_pgd_acc) and so picks the best checkpoint: 'pgd' (cheap PGD below) or an evaluation column (pgd_trades with val_size=0 is the reference's rule)."""
     val_attack_steps: int = field(default=10, metadata=_range(1))
-    """Steps of the cheap PGD (CE, uniform start) used for validation accuracy each epoch."""
+    """Steps of the cheap validation PGD (val_attack='pgd': CE, uniform start, step attack_step_size)."""
     val_batch_size: int = field(default=512, metadata=_range(1))
     """Batch size for validation."""
 
@@ -114,6 +125,8 @@ class TrainConfig:
     """On CUDA: let cuDNN pick the fastest convolution algorithms."""
     num_threads: int = field(default=0, metadata=_range(0))
     """torch CPU threads; 0 leaves torch's default (Ray sets it from the trial's CPU request)."""
+    rsl_cache_dir: str = ""
+    """Folder where a search's trials share the teacher's per-epoch logits on clean batches (computed once, then read); empty: the teacher runs on every batch."""
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -165,6 +178,8 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
         if any(m < 0 for m in self.lr_milestones) or list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError(f"lr_milestones={list(self.lr_milestones)} must be increasing epochs >= 0")
+        if self.recipe == "" and self.recipe_scale != 1.0:
+            raise ConfigError(f"recipe_scale={self.recipe_scale} needs a recipe; allowed: recipe_scale=1.0 without one")
         if self.attack_step_size > self.eps > 0 and self.attack_steps > 1:
             raise ConfigError(
                 f"attack_step_size={self.attack_step_size} is larger than eps={self.eps}; allowed: <= eps"
@@ -176,6 +191,10 @@ class TrainConfig:
 
         _check_name("student", self.student, MODELS.names())
         _check_name("method", self.method, METHODS.names())
+        if self.eps == 0 and METHODS.get(self.method).attacks:
+            attacking = [m for m in METHODS.names() if METHODS.get(m).attacks]
+            raise ConfigError(f"eps={self.eps} with method={self.method!r} trains without an attack; "
+                              f"allowed: eps > 0 for {', '.join(attacking)} (or method=natural)")
         if self.teacher != NO_TEACHER:
             _check_name("teacher", self.teacher, TEACHERS.names() + [NO_TEACHER])
         if METHODS.get(self.method).needs_teacher:
@@ -186,6 +205,11 @@ class TrainConfig:
                 allowed = [n for n in TEACHERS.names() if TEACHERS.get(n).dataset == self.dataset]
                 raise ConfigError(f"teacher={self.teacher!r} is a {spec.dataset} teacher but dataset={self.dataset!r}; "
                                   f"allowed: {', '.join(allowed)}")
+        if self.recipe:
+            from trainables.recipes import RECIPES
+
+            _check_name("recipe", self.recipe, RECIPES.names())
+            _check_recipe(self, RECIPES.get(self.recipe).fields(self.recipe_scale))
 
     @property
     def uses_teacher(self) -> bool:
@@ -198,6 +222,17 @@ class TrainConfig:
         """lr_milestones rescaled from lr_milestones_ref to this run's epochs."""
         scale = self.epochs / self.lr_milestones_ref
         return [int(round(m * scale)) for m in self.lr_milestones]
+
+
+def _check_recipe(cfg: TrainConfig, wanted: Mapping[str, Any]) -> None:
+    """Refuse a config whose fields contradict its recipe label (the label must never lie)."""
+    for key, want in wanted.items():
+        got = getattr(cfg, key)
+        same = math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12) if isinstance(want, float) else got == want
+        if not same:
+            raise ConfigError(f"{key}={list(got) if isinstance(got, tuple) else got!r} contradicts recipe={cfg.recipe!r}, "
+                              f"which sets {key}={list(want) if isinstance(want, tuple) else want!r}; allowed: "
+                              f"leave {key} to the recipe, or drop the recipe")
 
 
 def _check_name(key: str, value: str, allowed: list[str]) -> None:

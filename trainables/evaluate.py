@@ -16,6 +16,7 @@ import torch.nn as nn
 from trainables.attacks.autoattack import autoattack
 from trainables.attacks.objectives import cross_entropy, cw_margin
 from trainables.attacks.pgd import fgsm, model_mode, pgd
+from trainables.config import TrainConfig
 from trainables.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,23 @@ def _cw_inf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
     # does (the paper's table gives no start; the reference's own "CW" is CW-L2, a defect we skip).
     return pgd(model, x, cw_margin(y, kappa=CW_KAPPA), eps=eps, step_size=CW_STEP, steps=30,
                start="uniform", mode="eval", generator=generator)
+
+
+def validation_attack(cfg: TrainConfig) -> EvalAttack:
+    """The attack named by cfg.val_attack, which scores validation and so picks the best checkpoint.
+
+    'pgd' is the cheap PGD (CE, uniform start, cfg.val_attack_steps steps of cfg.attack_step_size);
+    any other name is that evaluation column as evaluate() runs it ('pgd_trades' with val_size=0 is
+    the reference code's rule: PGD-20, step 0.003, on the test set). The caller sets eval mode.
+    """
+    if cfg.val_attack == "pgd":
+        def cheap_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                      generator: torch.Generator) -> torch.Tensor:
+            return pgd(model, x, cross_entropy(y), eps=eps, step_size=cfg.attack_step_size,
+                       steps=cfg.val_attack_steps, start="uniform", mode="eval", generator=generator)
+
+        return cheap_pgd
+    return EVAL_ATTACKS.get(cfg.val_attack)
 
 
 def list_eval_attacks() -> list[str]:

@@ -8,7 +8,11 @@ Layout fixes applied before the strict load:
   when every key carries them;
 - TRADES' unused `sub_block1.*` keys are dropped (the model does not build that module);
 - buffers that carry no learned state and that older or RobustBench files lack
-  (`mean`/`std` of the DeepMind WideResNet, BatchNorm `num_batches_tracked`) keep the model's values.
+  (`mean`/`std` of the DeepMind WideResNet, BatchNorm `num_batches_tracked`) keep the model's values;
+- `mean`/`std` stored in another layout of the same values (RobustBench's (3, 1, 1), or (3,)) are
+  reshaped to the model's (1, 3, 1, 1).
+The DeepMind WideResNets are built with the statistics of the teacher's dataset (CIFAR-100's for a
+CIFAR-100 teacher), which a file's own `mean`/`std` then replace.
 """
 
 from __future__ import annotations
@@ -185,6 +189,8 @@ def _load_failure_reason(exc: Exception) -> str:
         detail = detail.split(" Please use ", 1)[0].split(" Check the documentation", 1)[0].rstrip(". ")
         return (f"refused by torch.load(weights_only=True): {detail} "
                 "(corrupt, or not a plain weights file: it pickles Python objects)")
+    if not text.strip():  # EOFError and friends carry no message
+        return f"{type(exc).__name__}: the file ends early (empty or cut short)"
     first_sentence = " ".join(text.split()).split(". ", 1)[0].rstrip(".")
     return f"{type(exc).__name__}: {first_sentence[:300]}"
 
@@ -194,14 +200,22 @@ def _is_state_dict(blob: Mapping) -> bool:
 
 
 def _fix_layout(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Drop TRADES' unused sub_block1 and fill buffers without learned state that the file lacks."""
+    """Drop TRADES' unused sub_block1, fill buffers without learned state that the file lacks, reshape mean/std."""
     expected = model.state_dict()
     if not any(k.startswith("sub_block1.") for k in expected):
         state = {k: v for k, v in state.items() if not k.startswith("sub_block1.")}
     for key, value in expected.items():
         if key not in state and (key in _FILLABLE_BUFFERS or key.endswith(".num_batches_tracked")):
             state[key] = value
+        elif key in _FILLABLE_BUFFERS and _other_layout(state[key], value):
+            # Per-channel statistics in another layout ((3, 1, 1) in RobustBench's 2021 files): same values.
+            state[key] = state[key].reshape(value.shape)
     return state
+
+
+def _other_layout(stored: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Whether `stored` holds as many values as `expected` in a shape that differs only by size-1 dimensions."""
+    return stored.shape != expected.shape and stored.squeeze().shape == expected.squeeze().shape
 
 
 def _check_fits(state: dict[str, torch.Tensor], model: nn.Module, path: Path, spec: TeacherSpec,
@@ -251,7 +265,7 @@ def build_teacher(name: str, checkpoint: str | os.PathLike, *, num_classes: int,
     path = Path(checkpoint).expanduser().resolve()
     if not path.is_file():
         raise _missing(path, spec)
-    model = build_model(spec.arch, num_classes=num_classes, in_channels=in_channels)
+    model = build_model(spec.arch, num_classes=num_classes, in_channels=in_channels, dataset=spec.dataset)
     state = _fix_layout(load_state_dict_file(path), model)
     _check_fits(state, model, path, spec, num_classes, in_channels)
     model.load_state_dict(state, strict=True)

@@ -16,6 +16,8 @@ class Method:
     """A training method: builds the adversarial batch and returns the outer loss for one step."""
 
     needs_teacher: ClassVar[bool] = False
+    attacks: ClassVar[bool] = True
+    """Whether training crafts adversarial examples (then eps = 0 would silently train without an attack)."""
     description: ClassVar[str] = ""
 
     def __init__(self, cfg: TrainConfig, autocast_dtype: torch.dtype | None = None) -> None:

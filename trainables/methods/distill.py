@@ -32,16 +32,18 @@ class ARD(Method):
 
 @register_method("iad")
 class IAD(ARD):
-    """IAD: ARD with t = 1 for iad_warmup_epochs, then the teacher's trust w = P_T(x')[y]^beta splits the target."""
+    """IAD-I: ARD's attack; distillation from T(x) plus, after iad_warmup_epochs, introspection weighted by 1 - P_T(x')[y]^beta.
+
+    Temperature 1 throughout, IAD-I's default (ard_temperature is ARD's only); see iad_loss.
+    """
 
     def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> torch.Tensor:
         x_adv = self.adversarial(student, x, y)
-        student_nat, student_adv = self.forward(student, x), self.forward(student, x_adv)
-        if epoch < self.cfg.iad_warmup_epochs:
-            return ard_loss(student_nat, student_adv, self.forward(teacher, x), y, self.cfg.ard_alpha, 1.0)
-        return iad_loss(student_nat, student_adv, self.forward(teacher, x), self.forward(teacher, x_adv), y,
-                        self.cfg.ard_alpha, self.cfg.iad_beta)
+        # The teacher's trust in x' is only needed once the introspection term starts.
+        teacher_adv = self.forward(teacher, x_adv) if epoch >= self.cfg.iad_warmup_epochs else None
+        return iad_loss(self.forward(student, x), self.forward(student, x_adv), self.forward(teacher, x), teacher_adv,
+                        y, self.cfg.ard_alpha, self.cfg.iad_beta)
 
 
 @register_method("rslad")

@@ -56,11 +56,18 @@ def ard_loss(student_nat: torch.Tensor, student_adv: torch.Tensor, teacher_nat: 
 
 
 def iad_loss(student_nat: torch.Tensor, student_adv: torch.Tensor, teacher_nat: torch.Tensor,
-             teacher_adv: torch.Tensor, labels: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
-    """IAD after warm-up: KL(T(x) || S(x')) + (1 - w) KL(S(x) || S(x')) + (1-alpha) CE, w = P_T(x')[y]^beta (no grad)."""
-    with torch.no_grad():
-        w = F.softmax(teacher_adv.float(), dim=1).gather(1, labels[:, None]).squeeze(1).pow(beta)
+             teacher_adv: torch.Tensor | None, labels: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """IAD-I: alpha * [KL(T(x) || S(x')) + (1 - w) KL(S(x) || S(x'))] + (1-alpha) CE(S(x), y), w = P_T(x')[y]^beta.
+
+    As the reference (IAD-I.py, temperature 1): each KL is summed over classes and averaged over
+    the batch (not ARD's element mean), both KL terms carry alpha, w has no gradient, and the
+    introspection target S(x) keeps its gradient. teacher_adv=None is the warm-up (epochs before
+    iad_warmup_epochs): the introspection term is absent, the rest is unchanged.
+    """
     distill = kl_div_per_sample(F.softmax(teacher_nat.float(), dim=1), student_adv)
-    introspect = kl_div_per_sample(F.softmax(student_nat.float(), dim=1), student_adv)
+    if teacher_adv is not None:
+        with torch.no_grad():
+            w = F.softmax(teacher_adv.float(), dim=1).gather(1, labels[:, None]).squeeze(1).pow(beta)
+        distill = distill + (1 - w) * kl_div_per_sample(F.softmax(student_nat.float(), dim=1), student_adv)
     ce = F.cross_entropy(student_nat.float(), labels)
-    return (distill + (1 - w) * introspect).mean() + (1 - alpha) * ce
+    return alpha * distill.mean() + (1 - alpha) * ce

@@ -16,6 +16,8 @@ from trainables.methods.registry import register_method
 class Natural(Method):
     """CE(S(x), y): no attack."""
 
+    attacks = False
+
     def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> torch.Tensor:
         return F.cross_entropy(self.forward(student, x).float(), y)
@@ -23,11 +25,16 @@ class Natural(Method):
 
 @register_method("sat")
 class SAT(Method):
-    """Madry's adversarial training: CE(S(x'), y), x' from PGD on CE with a uniform start."""
+    """Madry's adversarial training: CE(S(x'), y), x' from PGD on CE with a uniform start.
+
+    Madry's cifar10_challenge (the code the paper cites) crafts x' with the training graph, i.e.
+    BatchNorm on batch statistics: sat_attack_mode='train' (the default) does the same; 'eval'
+    attacks with running statistics instead. Either way the student's modes are restored afterwards.
+    """
 
     def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
              epoch: int) -> torch.Tensor:
-        x_adv = self.attack(student, x, cross_entropy(y), start="uniform")
+        x_adv = self.attack(student, x, cross_entropy(y), start="uniform", mode=self.cfg.sat_attack_mode)
         return F.cross_entropy(self.forward(student, x_adv).float(), y)
 
 

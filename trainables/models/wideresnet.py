@@ -5,8 +5,9 @@
   here (it would be dead weight for a student), and `trainables.teachers` drops its keys.
 - `DMWideResNet`: the DeepMind / RobustBench layout of Gowal et al. (init_conv,
   layer.N.block.M, batchnorm, logits; swish). It normalises inside the model with `mean` and
-  `std` buffers; RobustBench's checkpoints hold no such keys, so the teacher loader keeps the
-  model's own values when they are missing.
+  `std` buffers holding the statistics of the dataset it is built for (CIFAR-10 or CIFAR-100, as
+  RobustBench builds it). Some RobustBench files hold no such keys (the loader then keeps the
+  model's own values), others store them shaped (3, 1, 1) (the loader reshapes them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,22 @@ from trainables.models import register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# Per-dataset input statistics of the DeepMind WideResNets (RobustBench's values).
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
+
+
+def dataset_stats(dataset: str | None, num_classes: int, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a normalising model uses for `dataset`; without a name, CIFAR-100's for 100 classes, CIFAR-10's for other RGB, 0.5 else."""
+    if dataset is None and in_channels == 3:
+        dataset = "cifar100" if num_classes == 100 else "cifar10"
+    if dataset in DATASET_STATS and in_channels == 3:
+        return DATASET_STATS[dataset]
+    return (0.5,) * in_channels, (0.5,) * in_channels
 
 
 # --- TRADES / Madry WideResNet ----------------------------------------------------------
@@ -139,14 +156,13 @@ class DMWideResNet(nn.Module):
 
     def __init__(self, depth: int = 70, width: int = 16, num_classes: int = 10, in_channels: int = 3,
                  activation: type[nn.Module] = nn.SiLU, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> None:
+                 std: Sequence[float] | None = None, dataset: str | None = None) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"DMWideResNet depth={depth} must be 6n+4 with n >= 1")
         if mean is None or std is None:
-            # CIFAR-10 statistics are what the released 3-channel weights were trained with.
-            mean = CIFAR10_MEAN if in_channels == 3 else (0.5,) * in_channels
-            std = CIFAR10_STD if in_channels == 3 else (0.5,) * in_channels
+            # The released weights were trained on inputs normalised with their dataset's statistics.
+            mean, std = dataset_stats(dataset, num_classes, in_channels)
         if len(mean) != in_channels or len(std) != in_channels:
             raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, in_channels, 1, 1))
@@ -182,13 +198,13 @@ def wrn34_20(num_classes: int, in_channels: int) -> WideResNet:
     return WideResNet(34, 20, num_classes, in_channels)
 
 
-@register_model("wrn34_20_swish")
-def wrn34_20_swish(num_classes: int, in_channels: int) -> DMWideResNet:
-    """DeepMind WideResNet-34-20 (swish, normalisation inside): Gowal et al.'s 34-20."""
-    return DMWideResNet(34, 20, num_classes, in_channels)
+@register_model("wrn34_20_swish", takes_dataset=True)
+def wrn34_20_swish(num_classes: int, in_channels: int, dataset: str | None = None) -> DMWideResNet:
+    """DeepMind WideResNet-34-20 (swish, normalisation inside with the dataset's statistics): Gowal et al.'s 34-20."""
+    return DMWideResNet(34, 20, num_classes, in_channels, dataset=dataset)
 
 
-@register_model("wrn70_16")
-def wrn70_16(num_classes: int, in_channels: int) -> DMWideResNet:
-    """DeepMind WideResNet-70-16 (swish, normalisation inside): Gowal et al.'s 70-16."""
-    return DMWideResNet(70, 16, num_classes, in_channels)
+@register_model("wrn70_16", takes_dataset=True)
+def wrn70_16(num_classes: int, in_channels: int, dataset: str | None = None) -> DMWideResNet:
+    """DeepMind WideResNet-70-16 (swish, normalisation inside with the dataset's statistics): Gowal et al.'s 70-16."""
+    return DMWideResNet(70, 16, num_classes, in_channels, dataset=dataset)
