@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench gpu-check clean
 
 install: $(STAMP)
 
@@ -26,9 +26,15 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m search.run space=alpha profile=smoke
 
-## throughput of the training step (prints images/s and the ratio to the per-image baseline)
+## throughput of the training step (prints images/s and the ratio to the per-image baseline), then one RSLAD
+## epoch: a reference-style loop vs fit() vs fit() with the soft-label cache (a few minutes on a CPU)
 bench: $(STAMP)
 	$(PY) -m benchmarks.train_speed
+	$(PY) -m benchmarks.rslad_epoch
+
+## bf16 vs fp32 on a GPU: accuracy and images/s side by side (says so and exits 0 without CUDA)
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check
 
 clean:
-	rm -rf $(VENV) ray_results mlruns.db reports .pytest_cache
+	rm -rf $(VENV) ray_results mlruns.db mlartifacts optuna.db reports .pytest_cache

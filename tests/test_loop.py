@@ -105,3 +105,54 @@ def test_rslad_student_is_clearly_more_robust_than_a_natural_one(trades_teacher)
     assert natural["val_clean_acc"] > 0.85  # the natural student did learn the task
     assert rslad["val_pgd_acc"] > natural["val_pgd_acc"] + 0.2
     assert rslad["val_clean_acc"] > 0.7
+
+
+REUSE_SCRIPT = """
+import json, sys
+from trainables.config import TrainConfig
+from trainables.loop import fit
+print(json.dumps(list(fit(TrainConfig.from_dict(json.loads(sys.argv[1]))))))
+"""
+TIMINGS = ("epoch_time_s", "images_per_s")
+
+
+def test_a_reused_worker_gives_the_same_metrics_as_a_fresh_process(tmp_path, monkeypatch):
+    """Tune's reuse_actors runs the next trial in the same process, with the dataset and teacher already loaded."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from trainables import data, teachers
+    from trainables.models import build_model
+    from trainables.runtime import clear_process_caches
+
+    torch.manual_seed(0)
+    teachers.save_teacher_checkpoint(build_model("cnn_medium", 10, 1),
+                                     teachers.default_checkpoint_path("digits_cnn_medium_trades", tmp_path),
+                                     "digits_cnn_medium_trades", {})
+    cfg = digits_cfg(method="rslad", teacher="digits_cnn_medium_trades", teachers_dir=str(tmp_path), epochs=2,
+                     train_subset=256, attack_steps=3, val_attack_steps=3)
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMINGS} for m in ms]
+    clear_process_caches()
+    cold = strip(fit(cfg))
+    # The second trial of this process must find both in the process caches, not load them again.
+    monkeypatch.setattr(data, "load_digits_tensors", lambda: pytest.fail("dataset loaded again"))
+    monkeypatch.setattr(teachers, "build_teacher", lambda *a, **k: pytest.fail("teacher loaded again"))
+    torch.manual_seed(1234)  # whatever the previous trial left in the global RNG must not matter
+    warm = strip(fit(cfg))
+    clear_process_caches()
+    out = subprocess.run([sys.executable, "-c", REUSE_SCRIPT, json.dumps(cfg.to_dict())], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    fresh = strip(json.loads(out.stdout.splitlines()[-1]))
+    assert warm == cold == fresh
+    assert len(fresh) == 2 and fresh[-1]["train_loss"] > 0
+
+
+def test_loaded_splits_are_shared_within_a_process_until_the_split_changes():
+    from trainables.data import load_splits
+
+    cfg = digits_cfg(train_subset=128)
+    assert load_splits(cfg) is load_splits(cfg)
+    other = load_splits(cfg.replace(data_seed=1))
+    assert other is not load_splits(cfg) and not torch.equal(other.train_x, load_splits(cfg).train_x)

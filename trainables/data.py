@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import TrainConfig
+from trainables.runtime import file_identity, process_cached
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,14 @@ class ImageSplits:
     def image_size(self) -> int:
         """Height (= width) of every image."""
         return int(self.train_x.shape[2])
+
+    @cached_property
+    def train_fingerprint(self) -> str:
+        """sha256 of the training images and labels (shapes included): the identity of what every epoch is drawn from."""
+        h = hashlib.sha256(f"{tuple(self.train_x.shape)} {tuple(self.train_y.shape)}".encode())
+        for t in (self.train_x, self.train_y):
+            h.update(memoryview(t.contiguous().numpy()).cast("B"))
+        return h.hexdigest()
 
 
 def load_cifar(name: str, data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
@@ -85,16 +96,40 @@ def load_digits_tensors() -> tuple[torch.Tensor, ...]:
 
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+IMAGE_SHAPES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "digits": (1, 8, 8)}
+
+
+def dataset_identity(cfg: TrainConfig) -> tuple:
+    """What decides the loaded tensors: the dataset and, for CIFAR, each file's path, size and mtime in data_dir."""
+    if cfg.dataset == "digits":
+        return ("digits",)
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[cfg.dataset]
+    folder = Path(cfg.data_dir).expanduser().resolve() / cls.base_folder
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return (cfg.dataset, str(folder), tuple(file_identity(p) for p in files))
 
 
 def load_splits(cfg: TrainConfig) -> ImageSplits:
-    """Load cfg.dataset and carve the seeded validation split (and optional subset) from its training set."""
-    if cfg.dataset == "digits":
-        train_x, train_y, test_x, test_y = load_digits_tensors()
-    else:
-        train_x, train_y, test_x, test_y = load_cifar(cfg.dataset, cfg.data_dir, cfg.download)
-    return split_train(train_x, train_y, test_x, test_y, NUM_CLASSES[cfg.dataset],
-                       val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.data_seed)
+    """Load cfg.dataset and carve the seeded validation split (and optional subset) from its training set.
+
+    Kept per process (keyed by the dataset files' identity and the split settings), so a reused
+    worker's next trial does not read the dataset again; the returned tensors are shared: do not modify them.
+    """
+    identity = dataset_identity(cfg)
+
+    def load() -> tuple[torch.Tensor, ...]:
+        if cfg.dataset == "digits":
+            return load_digits_tensors()
+        return load_cifar(cfg.dataset, cfg.data_dir, cfg.download)
+
+    def split() -> ImageSplits:
+        train_x, train_y, test_x, test_y = process_cached("dataset", identity, load)
+        return split_train(train_x, train_y, test_x, test_y, NUM_CLASSES[cfg.dataset],
+                           val_size=cfg.val_size, train_subset=cfg.train_subset, seed=cfg.data_seed)
+
+    return process_cached("splits", (identity, cfg.val_size, cfg.train_subset, cfg.data_seed), split)
 
 
 def split_train(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,

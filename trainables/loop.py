@@ -12,17 +12,21 @@ import torch
 import torch.nn as nn
 
 from trainables import checkpoints
-from trainables.attacks import cross_entropy, model_mode, pgd
+from trainables.attacks import model_mode
 from trainables.config import TrainConfig
 from trainables.data import DeviceLoader, ImageSplits, load_splits
 from trainables.evaluate import accuracy_under
 from trainables.methods import METHODS
 from trainables.models import build_model
-from trainables.runtime import autocast_dtype, rng_state, set_rng_state, setup_runtime
+from trainables.rsl_cache import CUDA_GROUP_IMAGES, CachedTeacher, SoftLabelCache, cache_key, teacher_logits
+from trainables.runtime import (autocast_dtype, file_identity, file_sha256, process_cached, rng_state,
+                                rng_untouched, set_rng_state, setup_runtime)
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+# Config keys that change where things are kept, not what is computed: a resume may differ in them.
+RESUME_MAY_DIFFER = ("rsl_cache_dir",)
 
 
 class Training:
@@ -47,6 +51,7 @@ class Training:
                                          seed=cfg.data_seed, channels_last=self.channels_last)
         self.val_loader = DeviceLoader(s.val_x, s.val_y, batch_size=cfg.val_batch_size, device=self.device,
                                        channels_last=self.channels_last)
+        self.rsl_cache = self._soft_label_cache() if self.teacher is not None and cfg.rsl_cache_dir else None
         self.epoch = 0
         self.best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -math.inf, "metrics": {}, "model": None}
         self.history: list[dict[str, float]] = []
@@ -58,14 +63,45 @@ class Training:
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
-    def _load_teacher(self) -> nn.Module:
-        from trainables.teachers import build_teacher, default_checkpoint_path
+    def _teacher_path(self) -> Path:
+        from trainables.teachers import default_checkpoint_path
 
         cfg = self.cfg
-        path = cfg.teacher_checkpoint or default_checkpoint_path(cfg.teacher, Path(cfg.teachers_dir).expanduser().resolve())
-        teacher = build_teacher(cfg.teacher, path, num_classes=self.splits.num_classes,
-                                in_channels=self.splits.in_channels, device=self.device)
-        return self._prepare(teacher)
+        return Path(cfg.teacher_checkpoint or default_checkpoint_path(cfg.teacher, Path(cfg.teachers_dir).expanduser().resolve()))
+
+    def _load_teacher(self) -> nn.Module:
+        """The frozen teacher, kept per process (a reused worker's next trial skips the load)."""
+        from trainables.teachers import build_teacher
+
+        cfg, path = self.cfg, self._teacher_path()
+        key = (cfg.teacher, file_identity(path), self.splits.num_classes, self.splits.in_channels, str(self.device),
+               self.channels_last)
+
+        def load() -> nn.Module:
+            return self._prepare(build_teacher(cfg.teacher, path, num_classes=self.splits.num_classes,
+                                               in_channels=self.splits.in_channels, device=self.device))
+
+        # Building draws initial weights from the global RNG; a cached teacher would not, so neither may.
+        with rng_untouched(self.device):
+            return process_cached("teacher", key, load)
+
+    def _soft_label_cache(self) -> SoftLabelCache:
+        """The search-wide cache of this run's teacher logits on clean batches (see trainables.rsl_cache)."""
+        from trainables.teachers import get_teacher
+
+        cfg = self.cfg
+        key = cache_key(cfg, teacher_arch=get_teacher(cfg.teacher).arch, teacher_sha256=file_sha256(self._teacher_path()),
+                        train_fingerprint=self.splits.train_fingerprint, flip=self.train_loader.flip,
+                        device=self.device, autocast_dtype=self.autocast, channels_last=self.channels_last)
+        # The CPU answers batch by batch as training does (same numbers); a GPU is faster on larger batches.
+        group = CUDA_GROUP_IMAGES if self.device.type == "cuda" else cfg.batch_size
+
+        def compute(epoch: int, heartbeat) -> torch.Tensor:
+            batches = (x for x, _ in self.train_loader.epoch(epoch))
+            return teacher_logits(self.teacher, batches, self.autocast, group, heartbeat)
+
+        self.cached_teacher = CachedTeacher(self.teacher)
+        return SoftLabelCache(cfg.rsl_cache_dir, key, len(self.splits.train_y), self.splits.num_classes, compute)
 
     # --- the loop ---------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, float]]:
@@ -77,11 +113,19 @@ class Training:
         cfg, epoch = self.cfg, self.epoch
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
+        on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
+        # The epoch's soft labels on clean batches, one row per image in loader order (None: the teacher runs).
+        soft = self.rsl_cache.epoch_logits(epoch).to(self.device) if self.rsl_cache is not None else None
+        teacher = self.teacher
         total_loss = torch.zeros((), device=self.device)
         seen = 0
         for x, y in self.train_loader.epoch(epoch):
-            loss = self.method.loss(self.model, self.teacher, x, y, epoch)
+            if soft is not None:
+                teacher = self.cached_teacher.serve(x, soft[seen:seen + len(y)])
+            loss = self.method.loss(self.model, teacher, x, y, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -105,6 +149,15 @@ class Training:
             "epoch_time_s": time.perf_counter() - start,
             "images_per_s": seen / train_time if train_time > 0 else 0.0,
         }
+        if self.rsl_cache is not None:
+            # Cumulative over the run; a resumed run continues from its history.
+            before = self.history[-1] if self.history else {}
+            metrics["rsl_cache_computed"] = before.get("rsl_cache_computed", 0) + self.rsl_cache.computed
+            metrics["rsl_cache_reused"] = before.get("rsl_cache_reused", 0) + self.rsl_cache.reused
+            self.rsl_cache.computed = self.rsl_cache.reused = 0
+        if on_cuda:
+            metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            metrics["gpu_mem_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         if val_pgd > self.best["val_pgd_acc"]:
             self.best = {"epoch": self.epoch, "val_pgd_acc": val_pgd, "metrics": dict(metrics),
                          "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}}
@@ -117,15 +170,16 @@ class Training:
         return metrics
 
     def validate(self) -> tuple[float, float]:
-        """Clean and PGD accuracy on the validation split (CE, uniform start, val_attack_steps, fp32, eval mode)."""
+        """Clean and robust accuracy on the validation split under cfg.val_attack (fp32, eval mode)."""
+        from trainables.evaluate import validation_attack
+
         cfg = self.cfg
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
         batches = list(self.val_loader.epoch(0))
+        attack = validation_attack(cfg)
         with model_mode(self.model, "eval"):
             clean = accuracy_under(self.model, batches, lambda x, y: x)
-            robust = accuracy_under(self.model, batches, lambda x, y: pgd(
-                self.model, x, cross_entropy(y), eps=cfg.eps, step_size=cfg.attack_step_size,
-                steps=cfg.val_attack_steps, start="uniform", generator=gen))
+            robust = accuracy_under(self.model, batches, lambda x, y: attack(self.model, x, y, cfg.eps, gen))
         return clean, robust
 
     # --- state --------------------------------------------------------------------------
@@ -149,7 +203,7 @@ class Training:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"training state format {state.get('format')!r} is not {STATE_FORMAT}")
         saved = TrainConfig.from_dict(state["config"])
-        if saved != self.cfg:
+        if saved.replace(**{k: getattr(self.cfg, k) for k in RESUME_MAY_DIFFER}) != self.cfg:
             changed = sorted(k for k, v in saved.to_dict().items() if self.cfg.to_dict()[k] != v)
             raise ValueError(f"saved state was trained with a different config (keys: {', '.join(changed)})")
         self.model.load_state_dict(state["model"])

@@ -1,13 +1,25 @@
-"""Process-level setup in one place: seeding, device choice, threads and CUDA speed switches."""
+"""Process-level setup in one place: seeding, device choice, threads, CUDA speed switches, and what a process keeps between trials."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import random
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Hashable, Iterator, TypeVar
 
 import numpy as np
 import torch
 
 from trainables.config import TrainConfig
+
+T = TypeVar("T")
+
+# Loaded datasets and teachers kept for the next trial of a reused worker (Tune's reuse_actors):
+# namespace -> key -> value, least recently used first.
+_PROCESS_CACHES: dict[str, OrderedDict] = {}
 
 
 def seed_everything(seed: int) -> None:
@@ -60,3 +72,56 @@ def set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+
+@contextlib.contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Run a block without moving the global RNG streams (so a cached object and a freshly built one leave the same state)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+def process_cached(namespace: str, key: Hashable, build: Callable[[], T], maxsize: int = 1) -> T:
+    """build() once per process for `key`, keeping the `maxsize` most recent values of `namespace`.
+
+    A reused Ray worker runs the next trial in the same process: its loaded dataset or teacher is
+    found here instead of being read again. Values are shared, so callers must not modify them.
+    """
+    cache = _PROCESS_CACHES.setdefault(namespace, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    # Evict first: the old value (a teacher on the GPU, a dataset) is released before the new one loads.
+    while len(cache) >= maxsize:
+        cache.popitem(last=False)
+    value = build()
+    cache[key] = value
+    return value
+
+
+def clear_process_caches() -> None:
+    """Forget every per-process cached dataset and teacher (tests; freeing memory)."""
+    _PROCESS_CACHES.clear()
+
+
+def file_identity(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """(absolute path, size, mtime_ns) of a file, None if it is missing: a cheap key that changes when the file does."""
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return str(p), st.st_size, st.st_mtime_ns
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's content, computed once per process per (path, size, mtime)."""
+    identity = file_identity(path)
+    if identity is None:
+        raise FileNotFoundError(f"no file at {path}")
+
+    def digest() -> str:
+        with open(identity[0], "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    return process_cached("file_sha256", identity, digest, maxsize=8)

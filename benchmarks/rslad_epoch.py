@@ -1,0 +1,283 @@
+"""One RSLAD training epoch three ways on the same images and initial weights: a reference-style loop, fit(), fit() + soft-label cache.
+
+The reference-style loop is written the way public research code trains RSLAD: a torch
+DataLoader over a Dataset with per-image PIL transforms (RandomCrop(32, 4), flip, ToTensor),
+fp32, the teacher called on every batch, the student attacked in eval mode with input
+gradients (10 sign steps on KL(T(x) || S(x'))), then one SGD step on RSLAD's loss. fit() is
+Training.run_epoch (device-resident data, bf16 autocast and channels_last on CUDA); the cached
+variant reads each epoch's teacher logits from the soft-label cache (trainables.rsl_cache).
+
+Run: python -m benchmarks.rslad_epoch [--device auto|cpu|cuda] [--student S] [--teacher T] [--images N]
+     [--batch-size B] [--repeats R] [--workers W] [--threads K] [--rsl-source nat-nat-nat]
+Defaults: resnet18 <- wrn34_10 on CUDA (10,000 images); cnn_small <- cnn_large on CPU (2,048 images,
+1 thread). On the project's 2-core CPU cnn_large costs 21x cnn_small's FLOPs and 7-13x its forward
+time (the run prints its own measurement), as WRN-34-10 costs ResNet-18 12x the FLOPs and 10x the CPU
+forward time. Teachers have random weights: the compute is the same.
+Prints numbers only; nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from benchmarks.train_speed import HWCImages, cifar_shaped, sync
+from trainables.config import TrainConfig
+from trainables.data import ImageSplits
+from trainables.loop import Training
+from trainables.models import build_model
+from trainables.runtime import resolve_device
+from trainables.teachers import TEACHERS, TeacherSpec, register_teacher, save_teacher_checkpoint
+
+NUM_CLASSES = 10
+
+
+# --- the pair -----------------------------------------------------------------------------
+def benchmark_teacher(arch: str) -> str:
+    """A registry entry 'benchmark_<arch>' (CIFAR-10, random weights) so that TrainConfig accepts the teacher."""
+    name = f"benchmark_{arch}"
+    if name not in TEACHERS.names():
+        register_teacher(TeacherSpec(name=name, arch=arch, dataset="cifar10", method="random", eps=8 / 255,
+                                     clean_acc=None, aa_acc=None, source="trained", notes="random weights, timing only"))
+    return name
+
+
+def forward_costs(archs: list[str], device: torch.device, batch: int, repeats: int = 20) -> list[tuple[float, float]]:
+    """(FLOPs per image, median seconds of one fp32 forward of `batch` images) per architecture, timed interleaved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    models = [build_model(a, NUM_CLASSES, 3).to(device).eval() for a in archs]
+    x = torch.rand(batch, 3, 32, 32, device=device)
+    flops, times = [], [[] for _ in archs]
+    with torch.no_grad():
+        for model in models:
+            with FlopCounterMode(display=False) as counter:
+                model(x[:1])
+            flops.append(counter.get_total_flops())
+            model(x)
+        # Interleaved, so that a change of load on a shared machine hits both alike.
+        for _ in range(repeats):
+            for model, samples in zip(models, times):
+                sync(device)
+                start = time.perf_counter()
+                model(x)
+                sync(device)
+                samples.append(time.perf_counter() - start)
+    return [(f, statistics.median(t)) for f, t in zip(flops, times)]
+
+
+# --- 1. the reference-style loop ----------------------------------------------------------
+def kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(softmax(teacher) || softmax(student)), as nn.KLDivLoss(reduction='none').sum(1) computes it."""
+    return F.kl_div(F.log_softmax(student_logits, dim=1), F.softmax(teacher_logits, dim=1), reduction="none").sum(1)
+
+
+def reference_epoch(student: nn.Module, teacher: nn.Module, loader: torch.utils.data.DataLoader,
+                    optimizer: torch.optim.Optimizer, device: torch.device, cfg: TrainConfig,
+                    max_batches: int | None = None) -> int:
+    """One epoch as the public RSLAD script trains (fp32, teacher every batch); returns images seen."""
+    seen = 0
+    for i, (x, _) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        x = x.to(device, non_blocking=True)
+        teacher_logits = teacher(x)  # the reference builds this graph too, and detaches the logits below
+        student.eval()
+        x_adv = x.detach() + 0.001 * torch.randn_like(x)
+        for _ in range(cfg.attack_steps):
+            x_adv.requires_grad_()
+            with torch.enable_grad():
+                loss_kl = kl_sum(student(x_adv), teacher_logits.detach()).sum()
+            grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+            x_adv = x_adv.detach() + cfg.attack_step_size * torch.sign(grad.detach())
+            x_adv = torch.min(torch.max(x_adv, x - cfg.eps), x + cfg.eps).clamp(0.0, 1.0)
+        student.train()
+        optimizer.zero_grad()
+        adv = kl_sum(student(x_adv.detach()), teacher_logits.detach()).mean()
+        nat = kl_sum(student(x), teacher_logits.detach()).mean()
+        loss = cfg.kl_scale * (cfg.alpha * adv + (1 - cfg.alpha) * nat)
+        loss.backward()
+        optimizer.step()
+        seen += len(x)
+    return seen
+
+
+# --- the comparison -------------------------------------------------------------------------
+class Bench:
+    """The shared images, initial weights and configs of the three variants."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, folder: Path) -> None:
+        self.args, self.device = args, device
+        images, labels, self.source = cifar_shaped(args.images)
+        self.images_hwc, self.labels = images, labels
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        y = torch.from_numpy(labels)
+        n_val = min(len(y), args.batch_size)
+        self.splits = ImageSplits(x, y, x[:n_val], y[:n_val], x[:n_val], y[:n_val], NUM_CLASSES)
+        torch.manual_seed(0)
+        teacher = build_model(args.teacher, NUM_CLASSES, 3)
+        self.teacher_file = save_teacher_checkpoint(teacher, folder / "teacher.pt", benchmark_teacher(args.teacher), {})
+        self.cache_dir = folder / "rsl_cache"
+        self.cfg = TrainConfig.from_dict(dict(
+            dataset="cifar10", student=args.student, teacher=benchmark_teacher(args.teacher),
+            teacher_checkpoint=str(self.teacher_file), method="rslad", rsl_source=args.rsl_source,
+            batch_size=args.batch_size, epochs=1, device=str(device), num_threads=args.threads,
+            val_attack_steps=1, val_batch_size=args.batch_size))
+
+    def fit_epoch(self, cached: bool, max_batches: int | None = None) -> tuple[float, dict]:
+        """Images/s of one Training.run_epoch (its training part, validation excluded) and its metrics.
+
+        A fresh Training each time (same seed, so the same initial student); its construction is not timed.
+        """
+        cfg = self.cfg.replace(rsl_cache_dir=str(self.cache_dir)) if cached else self.cfg
+        splits = self.splits
+        if max_batches is not None:  # a warm-up on the first batches' images
+            n = max_batches * self.args.batch_size
+            splits = ImageSplits(splits.train_x[:n], splits.train_y[:n], splits.val_x, splits.val_y,
+                                 splits.test_x, splits.test_y, splits.num_classes)
+        training = Training(cfg, splits=splits)
+        # Time inside the teacher's forward, measured within the same epoch: a share robust to the load drifting between epochs.
+        spent, started = [0.0], [0.0]
+
+        def before(module, args):
+            sync(self.device)
+            started[0] = time.perf_counter()
+
+        def after(module, args, out):
+            sync(self.device)
+            spent[0] += time.perf_counter() - started[0]
+
+        hooks = [training.teacher.register_forward_pre_hook(before), training.teacher.register_forward_hook(after)]
+        try:
+            metrics = training.run_epoch()
+        finally:
+            for h in hooks:
+                h.remove()  # the teacher is kept per process and shared with the next Training
+        train_time = len(splits.train_y) / metrics["images_per_s"]  # run_epoch's training part, validation excluded
+        metrics["teacher_share"] = spent[0] / train_time
+        return metrics["images_per_s"], metrics
+
+    def reference(self, max_batches: int | None = None) -> float:
+        """Images/s of one reference-style epoch (DataLoader construction and worker start-up included, as per epoch there)."""
+        args, device = self.args, self.device
+        # Public code runs with PyTorch's default backend switches: no cudnn.benchmark, TF32 for convolutions only.
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(self.cfg.seed)
+        student = build_model(args.student, NUM_CLASSES, 3).to(device)
+        teacher = build_model(args.teacher, NUM_CLASSES, 3)
+        teacher.load_state_dict(torch.load(self.teacher_file, weights_only=True)["state_dict"])
+        teacher = teacher.to(device).eval()
+        cfg = self.cfg
+        optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        pin = device.type == "cuda"
+        sync(device)
+        start = time.perf_counter()
+        loader = torch.utils.data.DataLoader(HWCImages(self.images_hwc, self.labels), batch_size=args.batch_size,
+                                             shuffle=True, num_workers=args.workers, pin_memory=pin)
+        seen = reference_epoch(student, teacher, loader, optimizer, device, cfg, max_batches)
+        sync(device)
+        return seen / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Warm up each variant, then time `repeats` interleaved epochs of each; returns images/s samples per variant."""
+    with tempfile.TemporaryDirectory() as folder:
+        bench = Bench(args, device, Path(folder))
+        print(f"data          : {bench.source}, {args.images} images per epoch, batch {args.batch_size}")
+        bench.reference(max_batches=2)
+        bench.fit_epoch(cached=False, max_batches=2)
+        rates: dict[str, list[float]] = {"reference": [], "fit": [], "fit_cache_cold": [], "fit_cache_warm": [],
+                                         "teacher_share": []}
+        variants = ["reference", "fit", "fit_cache"]
+        for r in range(args.repeats + 1):  # the first cached epoch computes the soft labels: the cold sample
+            for name in variants[r % 3:] + variants[:r % 3]:  # rotate the order against drift
+                if name == "reference":
+                    if r < args.repeats:
+                        rates["reference"].append(bench.reference())
+                elif name == "fit":
+                    if r < args.repeats:
+                        rate, metrics = bench.fit_epoch(cached=False)
+                        rates["fit"].append(rate)
+                        rates["teacher_share"].append(metrics["teacher_share"])
+                else:
+                    rate, metrics = bench.fit_epoch(cached=True)
+                    warm = metrics["rsl_cache_computed"] == 0
+                    if warm or not rates["fit_cache_cold"]:
+                        rates["fit_cache_warm" if warm else "fit_cache_cold"].append(rate)
+        return rates
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; defaults depend on the device."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument("--student", default=None, help="student model (default: resnet18 on CUDA, cnn_small on CPU)")
+    p.add_argument("--teacher", default=None, help="teacher architecture, random weights (default: wrn34_10 on CUDA, "
+                                                   "cnn_large on CPU)")
+    p.add_argument("--images", type=int, default=None, help="images per epoch (default: 10000 on CUDA, 2048 on CPU)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per variant, interleaved (median reported)")
+    p.add_argument("--workers", type=int, default=None, help="reference DataLoader num_workers (default: 4 on CUDA, "
+                                                             "0 on CPU, where a trial has one core)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU, torch's on CUDA)")
+    p.add_argument("--rsl-source", default="nat-nat-nat", help="RSLAD soft-label source of the fit() variants")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison and print images/s and ratios."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    on_cuda = device.type == "cuda"
+    args.student = args.student or ("resnet18" if on_cuda else "cnn_small")
+    args.teacher = args.teacher or ("wrn34_10" if on_cuda else "cnn_large")
+    args.images = args.images or (10000 if on_cuda else 2048)
+    args.workers = args.workers if args.workers is not None else (4 if on_cuda else 0)
+    args.threads = args.threads if args.threads is not None else (0 if on_cuda else 1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    gpu = f" ({torch.cuda.get_device_name(device)})" if on_cuda else ""
+    print(f"device        : {device}{gpu}")
+    print(f"torch         : {torch.__version__}  python {platform.python_version()}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"threads       : torch {torch.get_num_threads()} / {os.cpu_count()} CPUs (load average {load})")
+    (s_flops, s_time), (t_flops, t_time) = forward_costs([args.student, args.teacher], device, args.batch_size)
+    print(f"pair          : student {args.student} ({s_flops / 1e6:,.0f} MFLOP/image), teacher {args.teacher} "
+          f"({t_flops / 1e6:,.0f} MFLOP/image): teacher/student {t_flops / s_flops:.1f}x FLOPs, "
+          f"{t_time / s_time:.1f}x forward time (fp32, batch {args.batch_size})")
+    cfg = TrainConfig()
+    print(f"method        : rslad {args.rsl_source}, {cfg.attack_steps} PGD steps; fit() "
+          f"{'bf16 autocast + channels_last' if on_cuda else 'fp32'}; reference fp32, DataLoader(num_workers={args.workers})")
+    rates = run(args, device)
+    med = {k: statistics.median(v) for k, v in rates.items() if v}
+    labels = {"reference": "reference-style loop (DataLoader + PIL, fp32, teacher every batch)",
+              "fit": "fit() (Training.run_epoch)",
+              "fit_cache_cold": "fit() + soft-label cache, cold (computes the epoch; 1 sample)",
+              "fit_cache_warm": "fit() + soft-label cache, warm (reads the epoch)"}
+    print(f"\n   {'variant':<66} {'images/s':>10} {'50k epoch s':>12} {'vs reference':>13}   samples")
+    for key, label in labels.items():
+        if key in med:
+            samples = " ".join(f"{v:,.0f}" for v in rates[key])
+            print(f"   {label:<66} {med[key]:>10,.0f} {50000 / med[key]:>12,.1f} {med[key] / med['reference']:>12.2f}x   {samples}")
+    if "fit_cache_warm" in med:
+        print(f"   cache warm / fit(): {med['fit_cache_warm'] / med['fit']:.2f}x")
+    share = med["teacher_share"]
+    print(f"   teacher forward share of a fit() training epoch (timed inside the epoch; median of "
+          f"{', '.join(f'{v:.1%}' for v in rates['teacher_share'])}): {share:.1%}, "
+          f"so a warm cache can give at most {1 / (1 - share):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
