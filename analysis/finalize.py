@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,10 @@ class FinalizeResult:
     evaluated: list[tuple[str, str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     missing: list[tuple[str, str]] = field(default_factory=list)
+    copied: list[tuple[str, str, str]] = field(default_factory=list)
+    """Results logged from the other checkpoint of the same model file, without evaluating again."""
+    shared: list[str] = field(default_factory=list)
+    """Trials whose best and last model files are the same (evaluated once, logged under both)."""
     winner: str | None = None
     table: pd.DataFrame | None = None
 
@@ -147,11 +152,166 @@ def _model_path(checkpoint_dir: str | None, checkpoint: str) -> Path | None:
     return Path(checkpoint_dir) / {"best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}[checkpoint]
 
 
-def _file_epoch(path: Path) -> int:
-    """The epoch a model file was saved at (read without building the model)."""
-    from trainables.checkpoints import load
+def same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two model files (loaded blobs) hold the same epoch and bit-identical weights."""
+    if a["epoch"] != b["epoch"] or a["model"].keys() != b["model"].keys():
+        return False
+    return all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
-    return int(load(path)["epoch"])
+
+@dataclass
+class _Model:
+    """One model file to evaluate: a trial's best or last checkpoint, or both when they hold the same weights."""
+
+    trial: str
+    rank: int
+    run: _Run
+    checkpoints: tuple[str, ...]
+    path: Path
+    epoch: int
+    test_n: int
+
+    @property
+    def label(self) -> str:
+        return f"trial {self.trial} (rank {self.rank}) {'+'.join(self.checkpoints)} (epoch {self.epoch})"
+
+
+@dataclass
+class _Job:
+    """One evaluation to run: a column of a model, logged under each of its checkpoints."""
+
+    model: _Model
+    column: str
+
+
+def _plan_models(result: FinalizeResult, client: Any, top: pd.DataFrame, test_sets: _TestSets) -> list[_Model]:
+    """The model files of the top trials, in rank order; a best and last of the same epoch and weights count once."""
+    from trainables.checkpoints import load
+    from trainables.config import TrainConfig
+
+    models = []
+    for rank, (_, row) in enumerate(top.iterrows(), 1):
+        trial, mrun = row["trial_id"], _Run(client, row["run_id"])
+        blobs = {}
+        for ckpt in CHECKPOINTS:
+            path = _model_path(row.get("checkpoint_dir"), ckpt)
+            if path is None or not path.is_file():
+                log.warning("trial %s: no %s model file (%s); skipped", trial, ckpt, path)
+                result.missing.append((trial, ckpt))
+            else:
+                blobs[ckpt] = (path, load(path))
+        if not blobs:
+            continue
+        # The size of the test set (AutoAttack's provenance needs it): the test.n tag spares loading the data.
+        first = next(iter(blobs.values()))[1]
+        test_n = int(mrun.tags.get("test.n") or len(test_sets.get(TrainConfig.from_dict(first["config"]))[1]))
+        if len(blobs) == 2 and same_weights(blobs["best"][1], blobs["last"][1]):
+            groups = [("best", "last")]
+            result.shared.append(trial)
+            log.info("trial %s: best and last model files are the same (epoch %d): evaluated once, logged as both",
+                     trial, blobs["best"][1]["epoch"])
+        else:
+            groups = [(ckpt,) for ckpt in blobs]
+        for group in groups:
+            path, blob = blobs[group[0]]
+            models.append(_Model(trial, rank, mrun, group, path, int(blob["epoch"]), test_n))
+    return models
+
+
+def _status(model: _Model, column: str, aa_n: int, aa_attacks: Sequence[str] | None, aa_col: str) -> dict[str, bool]:
+    """checkpoint -> whether its result for `column` is current (logged for this model file and, for AA, this n)."""
+    if column == AA:
+        signature = _aa_signature(min(aa_n, model.test_n), aa_attacks)
+        return {ck: model.run.is_current(result_key(aa_col, ck), model.epoch, f"test.{ck}.{aa_col}", signature)
+                for ck in model.checkpoints}
+    return {ck: model.run.is_current(result_key(column, ck), model.epoch) for ck in model.checkpoints}
+
+
+def _copy_result(model: _Model, column: str, src: str, dst: list[str], aa_col: str) -> None:
+    """Log a current result of one checkpoint under the others of the same model file (no evaluation)."""
+    logged = aa_col if column == AA else column
+    value = model.run.metrics[result_key(logged, src)]
+    tags: dict[str, Any] = {f"test.{ck}.epoch": model.epoch for ck in dst}
+    if column == AA:
+        tags.update({f"test.{ck}.{aa_col}": model.run.tags[f"test.{src}.{aa_col}"] for ck in dst})
+    model.run.log({result_key(logged, ck): value for ck in dst}, model.epoch, tags)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _Progress:
+    """'[k/N]' lines with elapsed time and an ETA from the mean duration of each column so far."""
+
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        self.jobs = list(jobs)
+        self.start = time.perf_counter()
+        self.durations: dict[str, list[float]] = {}
+
+    def eta(self, done: int) -> str:
+        rest = self.jobs[done:]
+        if not rest:
+            return "0:00"
+        if any(j.column not in self.durations for j in rest):
+            return "?"  # a column not timed yet (AutoAttack's first model decides most of it)
+        mean = {c: sum(d) / len(d) for c, d in self.durations.items()}
+        return "~" + _clock(sum(mean[j.column] for j in rest))
+
+    def done(self, k: int, job: _Job, seconds: float) -> str:
+        self.durations.setdefault(job.column, []).append(seconds)
+        return f"{_clock(time.perf_counter() - self.start)} elapsed, ETA {self.eta(k)}"
+
+
+class _AutoAttackProgress(logging.Handler):
+    """Turns pyautoattack's debug messages (its `auto-attack` logger) into progress lines per sub-attack and batch."""
+
+    PATTERNS = (
+        (re.compile(r"^initial accuracy: ([\d.]+)%"), "clean accuracy {0}%"),
+        (re.compile(r"^running (\S+)"), "{0} ..."),
+        (re.compile(r"^(\S+) - (\d+)/(\d+) - (\d+) out of (\d+) successfully perturbed"),
+         "{0} batch {1}/{2}: {3} of {4} broken"),
+        (re.compile(r"^robust accuracy after (\S+): ([\d.]+)% \(total time ([\d.]+) s\)"),
+         "after {0}: robust accuracy {1}% ({2} s)"),
+        (re.compile(r"^no robust datapoints left"), "no robust images left: the remaining attacks are skipped"),
+    )
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.prefix = prefix
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        for pattern, text in self.PATTERNS:
+            match = pattern.match(message)
+            if match:
+                log.info("%s AutoAttack %s", self.prefix, text.format(*match.groups()))
+                return
+        if record.levelno >= logging.INFO:  # the package's own notices and warnings are passed on, not swallowed
+            log.log(record.levelno, "%s AutoAttack: %s", self.prefix, message)
+
+
+@contextlib.contextmanager
+def autoattack_progress(prefix: str) -> Iterator[None]:
+    """Route the `auto-attack` logger's debug messages through _AutoAttackProgress for the block."""
+    from trainables.attacks.autoattack import PYAUTOATTACK_LOGGER
+
+    logger = logging.getLogger(PYAUTOATTACK_LOGGER)
+    saved = (logger.level, logger.propagate)
+    handler = _AutoAttackProgress(prefix)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its raw debug lines would otherwise reach a root handler set to DEBUG
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def finalize(
@@ -171,7 +331,10 @@ def finalize(
 
     AutoAttack runs on the first aa_n test images (standard version unless `aa_attacks` names a
     subset, which is logged as test/aa_custom/... and never as autoattack); the other columns use
-    the whole test set. The parent run gets the winner's numbers and tag rslad.final_winner.
+    the whole test set. A trial whose best and last model files hold the same weights (its best
+    epoch was its last) is evaluated once and logged under both. Each result is logged as soon as
+    it exists, with a '[k/N]' progress line. The parent run gets the winner's numbers and tag
+    rslad.final_winner.
     """
     from trainables.runtime import resolve_device
 
@@ -188,9 +351,11 @@ def finalize(
     mode = selection_mode(select, parent.data.tags if parent else None)
     if runs.empty:
         raise UsageError(f"experiment {name!r} has no trial runs to finalize")
-    if (runs["status"] == "running").any():
-        log.warning("%d trial(s) are still running: their checkpoints may change after this evaluation",
-                    int((runs["status"] == "running").sum()))
+    unfinished = runs["status"].isin(["running", "interrupted"])
+    if unfinished.any():
+        # An interrupted search resumes these trials: their checkpoints may change after this evaluation.
+        log.warning("%d trial(s) are running or interrupted (resume the search to finish them): their checkpoints "
+                    "may change after this evaluation", int(unfinished.sum()))
     ranked = rank_trials(runs, select, mode)
     top = ranked.head(top_k)
     result = FinalizeResult(select=select, mode=mode, top=list(top["trial_id"]))
@@ -199,91 +364,82 @@ def finalize(
 
     test_sets = _TestSets()
     aa_col = expected_aa_column(aa_attacks)
-    plain = [c for c in columns if c != AA]
+    models = _plan_models(result, client, top, test_sets)
+    jobs = []
+    # Two passes: every cheap column of every model first, AutoAttack (hours on CIFAR) last,
+    # so an interruption during AutoAttack leaves a complete table of everything else.
+    for pass_columns in ([c for c in columns if c != AA], [AA] if AA in columns else []):
+        for model in models:
+            for col in pass_columns:
+                logged = aa_col if col == AA else col
+                current = _status(model, col, aa_n, aa_attacks, aa_col)
+                stale = [ck for ck, ok in current.items() if not ok]
+                result.skipped += [(model.trial, ck, logged) for ck, ok in current.items() if ok]
+                if stale and len(stale) < len(current):
+                    _copy_result(model, col, next(ck for ck, ok in current.items() if ok), stale, aa_col)
+                    result.copied += [(model.trial, ck, logged) for ck in stale]
+                elif stale:
+                    jobs.append(_Job(model, col))
+    if jobs:
+        log.info("%d evaluation(s) to run on %s: %d model file(s) of %d trial(s); %d result(s) already current",
+                 len(jobs), dev, len({id(j.model) for j in jobs}), len({j.model.trial for j in jobs}),
+                 len(result.skipped))
     with strict_fp32():
-        # Two passes: every cheap column of every model first, AutoAttack (hours on CIFAR) last,
-        # so an interruption during AutoAttack leaves a complete table of everything else.
-        for pass_columns in (plain, [AA] if AA in columns else []):
-            if not pass_columns:
-                continue
-            for _, row in top.iterrows():
-                mrun = _Run(client, row["run_id"])
-                for ckpt in CHECKPOINTS:
-                    _evaluate_checkpoint(result, mrun, row, ckpt, pass_columns, test_sets, dev, aa_n, aa_attacks,
-                                         aa_col, batch_size, seed)
+        _run_jobs(result, jobs, test_sets, dev, aa_n, aa_attacks, aa_col, batch_size, seed)
     result.winner = _write_parent(client, parent, top) if len(top) else None
     result.table = final_table(load_runs(name, tracking_uri), result.top, select)
     return result
 
 
-def _evaluate_checkpoint(result: FinalizeResult, mrun: _Run, row: pd.Series, ckpt: str, columns: Sequence[str],
-                         test_sets: _TestSets, dev: torch.device, aa_n: int, aa_attacks: Sequence[str] | None,
-                         aa_col: str, batch_size: int, seed: int) -> None:
-    """Evaluate the columns of one model file that are not already current in MLflow."""
+def _run_jobs(result: FinalizeResult, jobs: Sequence[_Job], test_sets: _TestSets, dev: torch.device, aa_n: int,
+              aa_attacks: Sequence[str] | None, aa_col: str, batch_size: int, seed: int) -> None:
+    """Run the evaluations in order, logging each result (under every checkpoint of its model file) as it exists."""
     from trainables.attacks.autoattack import autoattack
     from trainables.checkpoints import load_model
     from trainables.evaluate import evaluate
 
-    trial = row["trial_id"]
-    path = _model_path(row.get("checkpoint_dir"), ckpt)
-    if path is None or not path.is_file():
-        log.warning("trial %s: no %s model file (%s); skipped", trial, ckpt, path)
-        result.missing.append((trial, ckpt))
-        return
-    epoch = _file_epoch(path)
-    todo = []
-    for col in columns:
-        if col == AA:
-            key, tag = result_key(aa_col, ckpt), f"test.{ckpt}.{aa_col}"
-            # The signature needs the test-set size (aa_n may exceed it); the test.n tag spares loading the data.
-            known_n = mrun.tags.get("test.n")
-            if known_n and mrun.is_current(key, epoch, tag, _aa_signature(min(aa_n, int(known_n)), aa_attacks)):
-                result.skipped.append((trial, ckpt, aa_col))
-            else:
-                todo.append((col, key, tag))
-        elif mrun.is_current(result_key(col, ckpt), epoch):
-            result.skipped.append((trial, ckpt, col))
-        else:
-            todo.append((col, result_key(col, ckpt), None))
-    if not todo:
-        return
-    model = cfg = None
-    for col, key, tag in todo:
-        if model is None:
-            model, cfg, _ = load_model(path, dev)
-            model.float()
+    progress = _Progress(jobs)
+    loaded: tuple[Path | None, Any, Any] = (None, None, None)
+    for k, job in enumerate(jobs, 1):
+        model_info = job.model
+        if loaded[0] != model_info.path:
+            net, cfg, _ = load_model(model_info.path, dev)
+            loaded = (model_info.path, net.float(), cfg)
+        _, net, cfg = loaded
         images, labels = test_sets.get(cfg)
+        prefix = f"[{k}/{len(jobs)}]"
         start = time.perf_counter()
-        if col == AA:
+        epoch_tags = {f"test.{ck}.epoch": model_info.epoch for ck in model_info.checkpoints}
+        if job.column == AA:
             n = min(aa_n, len(labels))
-            signature = _aa_signature(n, aa_attacks)
-            if mrun.is_current(key, epoch, tag, signature):
-                result.skipped.append((trial, ckpt, aa_col))
-                continue
-            log.info("trial %s %s (epoch %d): AutoAttack %s on %d test images, eps=%.5f ...", trial, ckpt, epoch,
+            log.info("%s %s: AutoAttack %s on %d test images, eps=%.5f ...", prefix, model_info.label,
                      "standard" if aa_attacks is None else f"custom {list(aa_attacks)}", n, cfg.eps)
-            res = autoattack(model, images[:n], labels[:n], eps=cfg.eps,
-                             version="standard" if aa_attacks is None else "custom",
-                             attacks=None if aa_attacks is None else list(aa_attacks),
-                             batch_size=batch_size, seed=seed, device=dev)
+            with autoattack_progress(prefix):
+                res = autoattack(net, images[:n], labels[:n], eps=cfg.eps,
+                                 version="standard" if aa_attacks is None else "custom",
+                                 attacks=None if aa_attacks is None else list(aa_attacks),
+                                 batch_size=batch_size, seed=seed, device=dev)
             logged = aa_column(res)
             if logged != aa_col:
                 raise RuntimeError(f"AutoAttack ran {res.attacks_run} ({res.version}); expected a {aa_col} result")
             # The contract's run-level tags describe test/autoattack/*; a subset gets its own test.aa_custom.* tags.
             names = ("test.aa_n", "test.aa_version", "test.aa_attacks") if logged == AA else (
                 "test.aa_custom.n", "test.aa_custom.version", "test.aa_custom.attacks")
-            tags = {tag: _aa_signature(res.n, aa_attacks), f"test.{ckpt}.epoch": epoch,
-                    **dict(zip(names, (res.n, res.version, ",".join(res.attacks_run))))}
-            mrun.log({key: res.robust_accuracy}, epoch, tags)
-            result.evaluated.append((trial, ckpt, logged))
+            tags = {**{f"test.{ck}.{aa_col}": _aa_signature(res.n, aa_attacks) for ck in model_info.checkpoints},
+                    **epoch_tags, **dict(zip(names, (res.n, res.version, ",".join(res.attacks_run))))}
             value = res.robust_accuracy
         else:
-            value = evaluate(model, images, labels, attacks=(col,), eps=cfg.eps, batch_size=batch_size, seed=seed,
-                             device=dev)[col]
-            mrun.log({key: value}, epoch, {"test.n": len(labels), "test.eps": cfg.eps, f"test.{ckpt}.epoch": epoch})
-            result.evaluated.append((trial, ckpt, col))
-        log.info("trial %s %s (epoch %d): %s = %.2f%% (%.1fs)", trial, ckpt, epoch, COLUMN_TITLES[logged if col == AA else col],
-                 100 * value, time.perf_counter() - start)
+            log.info("%s %s: %s on %d test images ...", prefix, model_info.label, COLUMN_TITLES[job.column],
+                     len(labels))
+            logged = job.column
+            value = evaluate(net, images, labels, attacks=(job.column,), eps=cfg.eps, batch_size=batch_size,
+                             seed=seed, device=dev)[job.column]
+            tags = {"test.n": len(labels), "test.eps": cfg.eps, **epoch_tags}
+        model_info.run.log({result_key(logged, ck): value for ck in model_info.checkpoints}, model_info.epoch, tags)
+        result.evaluated += [(model_info.trial, ck, logged) for ck in model_info.checkpoints]
+        seconds = time.perf_counter() - start
+        log.info("%s %s: %s = %.2f%% (%.1fs; %s)", prefix, model_info.label, COLUMN_TITLES[logged], 100 * value,
+                 seconds, progress.done(k, job, seconds))
 
 
 def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
@@ -311,31 +467,51 @@ def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
     return str(winner["trial_id"])
 
 
+# Column titles of the printed table: short enough for every column to fit 100 characters.
+TABLE_TITLES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
+                "cw_inf": "CW_inf", "autoattack": "AA", "aa_custom": "AA_subset"}
+
+
 def final_table(runs: pd.DataFrame, trial_ids: Sequence[str], select: str) -> pd.DataFrame:
-    """The top-k trials' test results in percent (columns '<Column> best' / '<Column> last'), in rank order."""
+    """The top trials' test results in percent, one row per (trial, checkpoint) in rank order.
+
+    Columns: rank, trial, ckpt (best | last), epoch (of the model file), select (the selection
+    metric, %), then one column per test column that has a result (TABLE_TITLES).
+    """
     rows = []
     by_id = runs.set_index("trial_id")
     for rank, tid in enumerate(trial_ids, 1):
         r = by_id.loc[tid]
-        row: dict[str, Any] = {"rank": rank, "trial": tid, f"{select} (%)": round(100 * float(r.get(select)), 2)}
         for ckpt in CHECKPOINTS:
+            epoch = r.get(f"test.{ckpt}.epoch")
+            row: dict[str, Any] = {"rank": rank, "trial": tid, "ckpt": ckpt,
+                                   "epoch": int(epoch) if pd.notna(epoch) else pd.NA,
+                                   "select": round(100 * float(r.get(select)), 2)}
             for col in (*TEST_COLUMNS, AA_CUSTOM):
                 key = result_key(col, ckpt)
                 if key in by_id.columns and pd.notna(r.get(key)):
-                    row[f"{COLUMN_TITLES[col]} {ckpt}"] = round(100 * float(r[key]), 2)
-        rows.append(row)
+                    row[TABLE_TITLES[col]] = round(100 * float(r[key]), 2)
+            rows.append(row)
     return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The final table as text (a missing result shows as '-')."""
+    return table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
 
 
 def main(args: Mapping[str, Any]) -> int:
     """The command: finalize, then print the final table."""
     result = finalize(args["name"], args["tracking.uri"], top_k=args["top_k"], aa_n=args["aa.n"],
                       select=args["select"], device=args["device"])
-    log.info("evaluated %d result(s), %d already current, %d model file(s) missing; winner %s",
-             len(result.evaluated), len(result.skipped), len(result.missing), result.winner)
-    with pd.option_context("display.width", 200, "display.max_columns", 40):
-        print(f"Final evaluation (test set, %) of the top {len(result.top)} by {result.select} ({result.mode}):")
-        print(result.table.to_string(index=False))
+    log.info("evaluated %d result(s), %d already current, %d copied from the identical checkpoint, "
+             "%d model file(s) missing; winner %s", len(result.evaluated), len(result.skipped), len(result.copied),
+             len(result.missing), result.winner)
+    print(f"Test-set accuracy (%) of the top {len(result.top)} by {result.select} ({result.mode}; "
+          f"'select' is its value in %):")
+    print(format_table(result.table))
+    if result.shared:
+        print(f"best = last (one model file, evaluated once) for: {', '.join(result.shared)}")
     return 0
 
 

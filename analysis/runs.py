@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
 CHECKPOINT_DIR, EPOCHS_RUN, ERROR = "rslad.checkpoint_dir", "rslad.epochs_run", "rslad.error"
-STATUSES = ("running", "finished", "stopped_early", "failed")
+STATUSES = ("running", "finished", "stopped_early", "failed", "interrupted")
 
 # Per-epoch metrics the search logs (step = epoch, 1-based); their last value is the "final" column.
 EPOCH_METRICS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_epoch",

@@ -81,6 +81,6 @@ def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, An
     cfg = {**cfg, "train": dict(cfg["train"]), "tracking": dict(cfg["tracking"])}
     cfg["storage"] = absolute(cfg["storage"], base)
     cfg["tracking"]["uri"] = absolute_tracking_uri(cfg["tracking"]["uri"], base)
-    for key in ("data_dir", "teachers_dir", "teacher_checkpoint"):
+    for key in ("data_dir", "teachers_dir", "teacher_checkpoint", "rsl_cache_dir"):
         cfg["train"][key] = absolute(cfg["train"][key], base)
     return cfg

@@ -37,3 +37,10 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        from search import interrupt
+
+        # Before Tune's loop (Ray starting, teachers training) or a second signal inside it: stop at once.
+        print(f"stopped by {interrupt.received() or 'SIGINT'} before the search could save its state; "
+              "a search that had started continues from its last saved state with resume=true", file=sys.stderr)
+        return interrupt.exit_code()

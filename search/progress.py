@@ -9,6 +9,7 @@ from typing import Any
 from ray import tune
 
 from search.tracking import trial_status
+from trainables.ray_adapter import FAILED, RESTORE_WARNING
 
 log = logging.getLogger("search")
 
@@ -36,12 +37,18 @@ class Progress(tune.Callback):
         return text
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(RESTORE_WARNING):
+            log.warning("trial %s: %s", trial.trial_id, result[RESTORE_WARNING])
         if time.monotonic() - self._last > self.every_s:
             self._last = time.monotonic()
             log.info("progress: %s", self.line(trials))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended[trial.trial_id] = trial_status(trial)
+        if self.ended[trial.trial_id] == "failed":
+            log.warning("trial %s failed (not retried): %s; %s", trial.trial_id, trial.last_result[FAILED],
+                        self.line(trials))
+            return
         log.info("trial %s %s after %s epochs; %s", trial.trial_id, self.ended[trial.trial_id],
                  (trial.last_result or {}).get("epoch", 0), self.line(trials))
 

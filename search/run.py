@@ -3,196 +3,157 @@
 Optuna (TPE, seeded) proposes trials from the space's YAML, ASHA stops weak ones on
 validation PGD accuracy, every trial checkpoints each epoch, and MLflow records the search
 (parent run) and each trial (child run) from this driver process.
+
+The driver is three steps: `plan = plan_search(argv)` and `preflight(plan)` decide and check
+everything without Ray and without writing (a dry run stops there), then `run_search(plan)`
+provides the teachers, starts Ray, writes the search's description and runs Tune.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from search.config import compose_config, default_name, resolve_paths
-from search.errors import SearchInputError, run_cli
-from spaces import Space, load_space
-from trainables.config import NO_TEACHER, TrainConfig
+from search import interrupt, record
+from search.errors import run_cli
+from search.plan import SearchPlan, distinct_configs, plan_search, teachers_in_play  # noqa: F401  (the driver's API)
+from search.preflight import preflight
 
 log = logging.getLogger("search")
 
 REPO = Path(__file__).resolve().parents[1]
+CHECKPOINTS_KEPT = 2  # a torn newest checkpoint falls back to the one before it
 
 
-@dataclass
-class SearchPlan:
-    """Everything decided before Ray starts: resolved config, space, budget, teachers."""
-
-    cfg: dict[str, Any]
-    name: str
-    profile: str
-    space: Space
-    base_train: dict[str, Any]
-    num_samples: int
-    max_concurrent: int
-    scheduler: str
-    teachers: list[str]
-
-    @property
-    def experiment_path(self) -> str:
-        """Where Ray keeps this search's state and trial checkpoints."""
-        return f"{self.cfg['storage'].rstrip('/')}/{self.name}"
-
-
-def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
-    """Compose and check everything (config, space keys, teachers' names); raises one-line errors."""
-    cfg = resolve_paths(compose_config(overrides), cwd)
-    profile = cfg["profile_name"]
-    base = TrainConfig.from_dict(cfg["train"]).to_dict()
-    space = load_space(str(cfg["space"]), profile)
-    space.validate(base)
-    budget = space.budget
-    name = cfg["name"] or default_name(str(cfg["space"]), profile)
-    if cfg["resume"] and not cfg["name"]:
-        raise SearchInputError("resume=true needs name=<the search to continue>")
-    scheduler = cfg["scheduler"] or budget.get("scheduler", "asha")
-    if scheduler not in ("asha", "none"):
-        raise SearchInputError(f"scheduler={scheduler!r} is not allowed; allowed: asha, none")
-    for key in ("num_samples", "max_concurrent"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise SearchInputError(f"{key}={cfg[key]!r} must be an integer >= 1")
-    num_samples = int(cfg["num_samples"] or budget["num_samples"])
-    distinct = distinct_configs(space)
-    if distinct is not None and num_samples > distinct:
-        # Same config and same seed give the same run: more trials than configurations only repeat work.
-        log.warning("space %s has %d distinct configurations; running %d trials, not %d",
-                    space.name, distinct, distinct, num_samples)
-        num_samples = distinct
-    return SearchPlan(
-        cfg=cfg, name=name, profile=profile, space=space, base_train=base,
-        num_samples=num_samples,
-        max_concurrent=int(cfg["max_concurrent"] or budget["max_concurrent"]),
-        scheduler=scheduler, teachers=teachers_in_play(space, base))
-
-
-def distinct_configs(space: Space) -> int | None:
-    """How many different trial configs a space of choices can produce (conditionals applied); None if unbounded."""
-    if any(p.type != "choice" for p in space.params):
-        return None
-    names = [p.name for p in space.params]
-    combos = itertools.product(*(p.values for p in space.params))
-    return len({json.dumps(space.train_overrides(dict(zip(names, combo))), sort_keys=True, default=str)
-                for combo in combos})
-
-
-def teachers_in_play(space: Space, base: dict[str, Any]) -> list[str]:
-    """Teacher names some trial of this space may load (none when no method in play uses one)."""
-    from trainables.methods import METHODS
-
-    values: dict[str, set] = {"teacher": {base["teacher"]}, "method": {base["method"]}}
-    for key in values:
-        if key in space.fixed:
-            values[key] = {space.fixed[key]}
-    for param in space.params:
-        if param.target in values and param.type == "choice":
-            values[param.target] |= set(param.values)
-    if not any(METHODS.get(m).needs_teacher for m in values["method"]):
-        return []
-    return sorted(t for t in values["teacher"] if t != NO_TEACHER)
-
-
-def tune_objects(plan: SearchPlan) -> dict[str, Any]:
+def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
     """Searcher, scheduler, trainable and run config for the Tuner (imports Ray)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.schedulers import FIFOScheduler
 
+    from search.asha_state import ResumableASHA, SchedulerState
     from search.progress import Progress
-    from search.tracking import MLflowTracker, git_state, library_versions
-    from trainables.ray_adapter import train_trial
+    from search.searcher import OptunaSearcher
+    from search.tracking import MLflowTracker
 
     space, cfg = plan.space, plan.cfg
-    searcher = OptunaSearch(space=space.define_by_run, metric=space.metric, mode=space.mode, seed=cfg["seed"],
-                            points_to_evaluate=space.points_to_evaluate or None)
+    searcher = OptunaSearcher(space=space.define_by_run, metric=space.metric, mode=space.mode, seed=cfg["seed"],
+                              points_to_evaluate=space.points_to_evaluate or None)
+    callbacks: list = [Progress(space.metric)]
     if plan.scheduler == "asha":
         asha = space.budget["asha"]
-        scheduler = ASHAScheduler(time_attr=asha["time_attr"], metric=space.metric, mode=space.mode,
+        scheduler = ResumableASHA(time_attr=asha["time_attr"], metric=space.metric, mode=space.mode,
                                   max_t=asha["max_t"], grace_period=asha["grace_period"],
                                   reduction_factor=asha["reduction_factor"])
+        callbacks.append(SchedulerState(scheduler))
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_resources(train_trial, trial_resources(cfg))
-    callbacks = [Progress(space.metric)]
     if cfg["tracking"]["enabled"]:
-        tags = {"rslad.space": space.name, "rslad.profile": plan.profile, "rslad.metric": space.metric,
-                "rslad.mode": space.mode, "rslad.storage": plan.experiment_path,
-                **git_state(REPO), **library_versions()}
         params = {"space": space.name, "profile": plan.profile, "num_samples": plan.num_samples,
                   "max_concurrent": plan.max_concurrent, "seed": cfg["seed"], "scheduler": plan.scheduler}
         artifacts = {"search.yaml": yaml.safe_dump(cfg, sort_keys=False),
                      "space.yaml": Path(space.source).read_text()}
-        callbacks.insert(0, MLflowTracker(cfg["tracking"]["uri"], plan.name, tags, params, artifacts))
+        callbacks.insert(0, MLflowTracker(cfg["tracking"]["uri"], plan.name, parent_tags(plan, search_id), params,
+                                          artifacts))
     run_config = tune.RunConfig(
         name=plan.name, storage_path=cfg["storage"], callbacks=callbacks, verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=cfg["trial"]["max_failures"]))
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.num_samples,
-                                  max_concurrent_trials=plan.max_concurrent)
-    param_space = {"train": plan.base_train, "trial": {"checkpoint_every": cfg["trial"]["checkpoint_every"]}}
-    return {"trainable": trainable, "run_config": run_config, "tune_config": tune_config, "param_space": param_space}
+                                  max_concurrent_trials=plan.max_concurrent,
+                                  reuse_actors=bool(cfg["trial"]["reuse_workers"]))
+    param_space = {"train": plan.base_train,
+                   "trial": {"checkpoint_every": cfg["trial"]["checkpoint_every"], "metric": space.metric}}
+    return {"trainable": trainable(plan), "run_config": run_config, "tune_config": tune_config,
+            "param_space": param_space}
 
 
-def trial_resources(cfg: dict[str, Any]) -> dict[str, float]:
-    """Ray resources of one trial: trial.cpus, and trial.gpus (None: 1 when CUDA is visible to the driver, else 0)."""
-    gpus = cfg["trial"]["gpus"]
-    if gpus is None:
-        import torch
+def trainable(plan: SearchPlan) -> Any:
+    """The trial function with one trial's resources attached."""
+    from ray import tune
 
-        gpus = 1 if torch.cuda.is_available() else 0
-    return {"cpu": cfg["trial"]["cpus"], "gpu": gpus}
+    from search.ray_runtime import trial_resources
+    from trainables.ray_adapter import train_trial
+
+    return tune.with_resources(train_trial, trial_resources(plan.cfg))
 
 
-def start_ray(cfg: dict[str, Any]) -> None:
-    """Join the cluster (ray.address=auto or an address) or start a local Ray for this command."""
-    import ray
+def parent_tags(plan: SearchPlan, search_id: str | None) -> dict[str, str]:
+    """Tags of the search's parent run: what it searches, where its state lives, which code ran it."""
+    from search.tracking import SEARCH_ID, STORAGE, git_state, library_versions
 
-    # Sub-second epochs trigger Tune's "snapshotting too often" warning on every result.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    address = cfg["ray"]["address"] or None
-    if address is None:
-        ray.init(num_cpus=cfg["ray"]["num_cpus"], include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
-    else:
-        ray.init(address=address, log_to_driver=False, ignore_reinit_error=True)
+    space = plan.space
+    return {"rslad.space": space.name, "rslad.profile": plan.profile, "rslad.metric": space.metric,
+            "rslad.mode": space.mode, STORAGE: plan.experiment_path,
+            **({SEARCH_ID: search_id} if search_id else {}), **git_state(REPO), **library_versions()}
 
 
 def run_search(plan: SearchPlan):
-    """Run (or resume) the search; returns Tune's ResultGrid."""
+    """Provide the teachers, start Ray, then run (or resume) the preflighted search; returns Tune's ResultGrid."""
     from ray import tune
 
+    from search.ray_runtime import start_ray
+    from search.storage import make_private
     from search.teachers import ensure_teachers
+    from search.tracking import use_current_command
 
-    ensure_teachers(plan)  # before Ray starts: a missing teacher in profile=paper fails in seconds
+    ensure_teachers(plan)  # fetches or trains what the preflight found missing, and loads each one
+    check_gpu_packing(plan)  # needs the teachers' weights; before Ray starts
     start_ray(plan.cfg)
-    objects = tune_objects(plan)
     if plan.cfg["resume"]:
-        if not tune.Tuner.can_restore(plan.experiment_path):
-            raise SearchInputError(f"resume=true but there is no search to continue at {plan.experiment_path}")
+        # Tune restores the searcher, scheduler and callbacks pickled in storage; only the trainable is
+        # given anew, and the restored MLflow tracker writes where this command says.
+        saved = record.read(plan.experiment_path)
+        search_id = saved["search_id"] if saved else None
+        use_current_command(plan.name, plan.cfg["tracking"]["uri"], parent_tags(plan, search_id))
         log.info("resuming %s from %s", plan.name, plan.experiment_path)
-        tuner = tune.Tuner.restore(plan.experiment_path, trainable=objects["trainable"],
+        tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable(plan),
                                    resume_unfinished=True, resume_errored=True)
     else:
-        if tune.Tuner.can_restore(plan.experiment_path):
-            raise SearchInputError(
-                f"a search named {plan.name!r} already exists at {plan.experiment_path}; "
-                f"continue it with resume=true or pick another name=")
+        new = record.new_record(plan)
+        make_private(plan.cfg["storage"])
+        make_private(plan.experiment_path)
+        record.write(plan.experiment_path, new)
+        objects = tune_objects(plan, new["search_id"])
         tuner = tune.Tuner(objects["trainable"], param_space=objects["param_space"],
                            tune_config=objects["tune_config"], run_config=objects["run_config"])
-    return tuner.fit()
+    with interrupt.tune_running():
+        return tuner.fit()
+
+
+def check_gpu_packing(plan: SearchPlan) -> None:
+    """A fractional trial.gpus must fit: probe each memory-relevant configuration (a subprocess, so this driver holds no
+    CUDA context) and refuse a packing whose estimated total exceeds the GPU's memory, with a one-line error."""
+    from search.errors import SearchInputError
+    from search.plan import values_in_play
+    from search.ray_runtime import trial_resources
+    from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
+
+    gpus = trial_resources(plan.cfg)["gpu"]
+    if plan.cfg["ray"]["address"] or not 0 < gpus < 1:
+        return  # whole GPUs need no packing check; a cluster's GPUs are probed nowhere from here
+    searched = {k: sorted(values_in_play(plan.space, plan.base_train, k), key=str) for k in MEMORY_KEYS}
+    variants = memory_variants(plan.base_train, searched)
+    error, results = check_packing(variants, gpus)
+    for v, r in zip(variants, results):
+        if r and not r.get("oom"):
+            log.info("GPU memory per trial, student=%s teacher=%s method=%s batch_size=%d: ~%.1f GiB of %.1f GiB (%s)",
+                     v["student"], v["teacher"], v["method"], v["batch_size"], r["estimate_gib"], r["gpu_total_gib"],
+                     r["gpu_name"])
+    if error:
+        raise SearchInputError(error)
+
+
+def failed_reason(result: Any) -> str | None:
+    """Why a trial failed (Tune's error, or the trainable's flag for errors a retry would repeat), else None."""
+    from trainables.ray_adapter import FAILED
+
+    if result.error:
+        return str(result.error).strip().splitlines()[-1] if str(result.error).strip() else "error"
+    return (result.metrics or {}).get(FAILED)
 
 
 def summary_table(results, metric: str, top_k: int) -> str:
@@ -227,25 +188,60 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def saved_counts(experiment_path: str) -> dict[str, int]:
+    """Trials by how they stand in the search's saved state (what a resume continues from).
+
+    After a stop signal Tune's in-memory trials all read TERMINATED; its saved state does not.
+    """
+    from ray.tune import ExperimentAnalysis
+
+    from search.tracking import trial_status
+
+    counts = {"finished": 0, "stopped_early": 0, "failed": 0, "unfinished": 0}
+    for trial in ExperimentAnalysis(experiment_path).trials:
+        status = str(trial.status)
+        state = "failed" if status == "ERROR" else trial_status(trial) if status == "TERMINATED" else "unfinished"
+        counts[state] += 1
+    return counts
+
+
+def resume_command(argv: list[str], name: str) -> str:
+    """The command that continues this search."""
+    kept = [a for a in argv if not a.startswith(("name=", "resume="))]
+    return f"python -m search.run {' '.join(kept)} name={name} resume=true".replace("  ", " ")
+
+
 def main(argv: list[str]) -> int:
-    """Plan, run, summarise."""
+    """Plan, preflight, run, summarise; exit 0, 1 (every trial failed), 2 (bad input), 130/143 (interrupted)."""
     plan = plan_search(argv)
+    preflight(plan)
     log.info("search %s: space=%s profile=%s, %d trials (%d at once), scheduler=%s, storage=%s",
              plan.name, plan.space.name, plan.profile, plan.num_samples, plan.max_concurrent,
              plan.scheduler, plan.experiment_path)
     results = run_search(plan)
-    errors = [r for r in results if r.error]
-    print(f"\nsearch {plan.name}: top trials by {plan.space.metric} (validation split)")
-    print(summary_table(results, plan.space.metric, plan.cfg["top_k"]))
-    if errors:
-        print(f"{len(errors)} trial(s) failed; see their MLflow runs (tag rslad.error)")
-    uri = plan.cfg["tracking"]["uri"]
+    failed = [r for r in results if failed_reason(r)]
+    stopped_by = interrupt.received()
+    metric = plan.space.metric
+    if stopped_by:
+        counts = saved_counts(plan.experiment_path)
+        print(f"\nsearch {plan.name} INTERRUPTED by {stopped_by}: "
+              + ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items())
+              + f"; its state is saved in {plan.experiment_path}")
+        print(f"top trials so far by {metric} (validation split)")
+    else:
+        print(f"\nsearch {plan.name}: top trials by {metric} (validation split)")
+    print(summary_table(results, metric, plan.cfg["top_k"]))
+    if failed and not stopped_by:
+        print(f"{len(failed)} trial(s) failed; see their MLflow runs (tag rslad.error)")
     if plan.cfg["tracking"]["enabled"]:
-        print(f"\nbrowse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   (experiment '{plan.name}')")
-    print(f"resume: python -m search.run {' '.join(a for a in argv if not a.startswith(('name=', 'resume=')))} "
-          f"name={plan.name} resume=true")
-    return 1 if errors and len(errors) == len(results) else 0
+        print(f"\nbrowse: mlflow ui --backend-store-uri {plan.cfg['tracking']['uri']} --host 127.0.0.1 "
+              f"--port 5000   (experiment '{plan.name}')")
+    print(f"{'continue it with' if stopped_by else 'resume'}: {resume_command(argv, plan.name)}")
+    if stopped_by:
+        return interrupt.exit_code()
+    return 1 if failed and len(failed) == len(results) else 0
 
 
 if __name__ == "__main__":
+    interrupt.install()
     sys.exit(run_cli(main))

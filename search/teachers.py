@@ -13,11 +13,15 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+from search import interrupt
 from search.config import compose_config, resolve_paths
 from search.errors import SearchInputError, run_cli
+from search.ray_runtime import check_local_resources, start_ray, trial_resources
+from search.storage import check_creatable, make_private
 from trainables.config import NO_TEACHER, TrainConfig
 from trainables.teachers import TEACHERS, default_checkpoint_path, get_teacher
 
@@ -25,6 +29,8 @@ log = logging.getLogger("search.teachers")
 
 REGISTERED_PREFIX = "rslad-teacher-"
 ARTIFACT_DIR = "teacher"
+EXPERIMENT = "teachers"
+IN_CHANNELS = {"cifar10": 3, "cifar100": 3, "digits": 1}
 
 
 def checkpoint_for(name: str, train: dict[str, Any]) -> Path:
@@ -106,25 +112,42 @@ def how_to_provide(name: str, path: Path) -> str:
     return f"teacher {name!r} has no weights at {path} nor in the MLflow registry; " + "; ".join(ways)
 
 
+def load_teacher(name: str, path: Path) -> None:
+    """Build teacher `name` from `path` strictly on the CPU (a one-line TeacherLoadError if it does not fit)."""
+    from trainables.data import NUM_CLASSES
+    from trainables.teachers import TeacherLoadError, build_teacher
+
+    if path.is_file() and path.stat().st_size == 0:
+        raise TeacherLoadError(f"cannot read teacher weights {path}: the file is empty (0 bytes)")
+    dataset = get_teacher(name).dataset
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols before refusing a file; the refusal alone is the one line to show
+        warnings.simplefilter("ignore", UserWarning)
+        build_teacher(name, path, num_classes=NUM_CLASSES[dataset], in_channels=IN_CHANNELS[dataset], device="cpu")
+
+
 def ensure_teachers(plan: Any) -> None:
-    """Make sure every teacher the search may use has weights on disk, before any trial starts."""
+    """Make sure every teacher the search may use has weights on disk that load, before any trial starts."""
     cfg = plan.cfg
-    missing = []
+    missing, provided = [], []
     for name in plan.teachers:
         path = checkpoint_for(name, plan.base_train)
         if path.exists():
-            continue
+            continue  # loaded by the preflight
         if cfg["tracking"]["enabled"] and fetch_registered(name, path, cfg["tracking"]["uri"]):
+            provided.append(name)
             continue
         if fetch_robustbench(name, path):
+            provided.append(name)
             continue
         missing.append(name)
-    if not missing:
-        return
-    if not cfg["teachers"]["auto_train"]:
+    if missing and not cfg["teachers"]["auto_train"]:
         raise SearchInputError(how_to_provide(missing[0], checkpoint_for(missing[0], plan.base_train)))
-    log.info("training missing teacher(s) first: %s", ", ".join(missing))
-    train_teachers(missing, cfg)
+    if missing:
+        log.info("training missing teacher(s) first: %s", ", ".join(missing))
+        train_teachers(missing, cfg)
+    for name in provided + missing:
+        load_teacher(name, checkpoint_for(name, plan.base_train))
 
 
 def train_teacher_trial(config: dict[str, Any]) -> None:
@@ -138,11 +161,12 @@ def train_teachers(names: list[str], cfg: dict[str, Any]) -> dict[str, Path]:
     """Train `names` as Tune trials, save each best model as teachers_dir/<name>.pt, register it in MLflow."""
     from ray import tune
 
-    from search.run import start_ray, trial_resources
     from trainables.checkpoints import BEST_MODEL_FILE, load_model
+    from trainables.ray_adapter import FAILED
     from trainables.teachers import save_teacher_checkpoint
 
     start_ray(cfg)
+    make_private(cfg["storage"])
     jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]
     trainable = tune.with_resources(train_teacher_trial, trial_resources(cfg))
     tuner = tune.Tuner(
@@ -152,11 +176,17 @@ def train_teachers(names: list[str], cfg: dict[str, Any]) -> dict[str, Path]:
         run_config=tune.RunConfig(name=f"teachers-{_dt.datetime.now():%Y%m%d-%H%M%S}",
                                   storage_path=cfg["storage"], verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    with interrupt.tune_running():
+        results = tuner.fit()
+    if interrupt.received():
+        raise KeyboardInterrupt(interrupt.received())
     saved = {}
-    for result in tuner.fit():
+    for result in results:
         name = result.config["teacher"]["name"]
-        if result.error or result.checkpoint is None:
-            raise SearchInputError(f"training teacher {name!r} failed: {result.error}")
+        error = str(result.error or "").strip()
+        reason = error.splitlines()[-1] if error else (result.metrics or {}).get(FAILED)
+        if reason or result.checkpoint is None:
+            raise SearchInputError(f"training teacher {name!r} failed: {reason or 'no checkpoint was saved'}")
         with result.checkpoint.as_directory() as folder:
             model, train_cfg, meta = load_model(Path(folder) / BEST_MODEL_FILE)
         path = default_checkpoint_path(name, cfg["train"]["teachers_dir"])
@@ -176,9 +206,10 @@ def register_teacher(name: str, path: Path, train: dict[str, Any], meta: dict, t
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from search.tracking import get_or_create_experiment
+
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name("teachers")
-    exp_id = exp.experiment_id if exp else client.create_experiment("teachers")
+    exp_id = get_or_create_experiment(client, EXPERIMENT, tracking_uri)
     spec = get_teacher(name)
     run = client.create_run(exp_id, run_name=name, tags={"rslad.role": "teacher", "rslad.teacher": name,
                                                          "rslad.arch": spec.arch, "rslad.dataset": spec.dataset})
@@ -205,6 +236,8 @@ def main(argv: list[str]) -> int:
                                                 if get_teacher(n).dataset == dataset and get_teacher(n).source == "trained"]
     for n in names:
         TEACHERS.get(n)  # unknown names fail here, listing the known ones
+    check_local_resources(cfg)
+    check_creatable(Path(cfg["storage"]), f"storage={cfg['storage']}")
     todo = [n for n in names if cfg["teachers"]["retrain"] or not default_checkpoint_path(n, cfg["train"]["teachers_dir"]).exists()]
     if not todo:
         print(f"every teacher already has weights in {cfg['train']['teachers_dir']}: {', '.join(names)} (teachers.retrain=true to train again)")
@@ -216,4 +249,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    interrupt.install()
     sys.exit(run_cli(main))

@@ -5,6 +5,11 @@ Ray's stock MLflowLoggerCallback opens a new run for every trial it sees after a
 callback finds its runs again by tag (`rslad.search`, `ray.trial_id`) so a resumed search
 reattaches to them, and records each trial's real status. All writes happen in the driver
 process: SQLite takes one writer at a time.
+
+Across faults: a stop signal leaves the parent and the unfinished trials' runs KILLED (reopened by
+the resume); a trial restored from an older checkpoint does not log the epochs it repeats; a resumed
+search writes to the tracking URI of the command that resumes it; a SQLite store keeps artifacts in
+`mlartifacts/` beside the database file, not in the working directory.
 """
 
 from __future__ import annotations
@@ -18,12 +23,43 @@ from typing import Any
 
 from ray import tune
 
+from search import interrupt
+from trainables.paths import SQLITE
+from trainables.ray_adapter import FAILED, RESTORE_WARNING
+
 log = logging.getLogger(__name__)
 
 # What the trainable reports that belongs in MLflow (Ray adds timestamps, pids, config/*...).
 METRIC_KEYS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_val_clean_acc", "best_epoch",
-               "schedule_pct", "epoch_time_s", "images_per_s")
+               "schedule_pct", "epoch_time_s", "images_per_s", "rsl_cache_computed", "rsl_cache_reused",
+               "gpu_mem_peak_gb", "gpu_mem_reserved_gb")
 ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
+SEARCH_ID, STORAGE, EPOCHS_RUN = "rslad.search_id", "rslad.storage", "rslad.epochs_run"
+ARTIFACTS_DIR = "mlartifacts"
+
+# The tracking URI and parent tags of the command now running, by experiment. Tune unpickles callbacks
+# from the search's storage on resume; the restored tracker must write where the CURRENT command says.
+_CURRENT: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def use_current_command(experiment: str, uri: str, parent_tags: dict[str, str]) -> None:
+    """Make every tracker of `experiment` unpickled from now on write to `uri` with these parent tags."""
+    _CURRENT[experiment] = (uri, dict(parent_tags))
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """For a sqlite:/// store: <db folder>/mlartifacts/<experiment> (MLflow's default is the process's cwd)."""
+    if not tracking_uri.startswith(SQLITE):
+        return None
+    return (Path(tracking_uri[len(SQLITE):]).parent / ARTIFACTS_DIR / experiment).as_uri()
+
+
+def get_or_create_experiment(client: Any, name: str, tracking_uri: str, tags: dict[str, str] | None = None) -> str:
+    """The id of experiment `name`, created (artifacts beside a SQLite store, `tags` set) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri, name), tags=tags)
 
 
 def git_state(repo: Path) -> dict[str, str]:
@@ -58,8 +94,11 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
 
 
 def trial_status(trial: Any) -> str:
-    """finished when the trial ran its whole schedule, stopped_early when the scheduler cut it."""
-    done = int((trial.last_result or {}).get("epoch", 0))
+    """failed (flagged by the trainable), finished (whole schedule) or stopped_early (cut by the scheduler)."""
+    last = trial.last_result or {}
+    if last.get(FAILED):
+        return "failed"
+    done = int(last.get("epoch", 0))
     return "finished" if done >= int(trial.config["train"]["epochs"]) else "stopped_early"
 
 
@@ -76,10 +115,22 @@ class MLflowTracker(tune.Callback):
         self._client = None
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._ended: set[str] = set()  # trials that ended before this session (restored) or through a callback in it
+        self._started = False
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment state; the client and caches are rebuilt.
-        return {**self.__dict__, "_client": None, "_runs": {}, "parent_id": None}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_last_step": {}, "_ended": set(), "_started": False,
+                "parent_id": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"_last_step": {}, "_ended": set(), "_started": False, **state})
+        # A resume writes where the current command says, not where the pickled search once wrote.
+        if self.experiment in _CURRENT:
+            uri, tags = _CURRENT[self.experiment]
+            self.tracking_uri = uri
+            self.parent_tags = {**self.parent_tags, **tags}
 
     @property
     def client(self):
@@ -92,12 +143,46 @@ class MLflowTracker(tune.Callback):
     # --- parent --------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
         """Find or create the experiment and its parent run (reopened on resume)."""
-        self.parent_id = ensure_parent_run(self.client, self.experiment, self.parent_tags,
+        self.parent_id = ensure_parent_run(self.client, self.experiment, self.tracking_uri, self.parent_tags,
                                            self.parent_params, self.artifacts)
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if not self._started:  # the first step: what a resume restored as already ended
+            self._started = True
+            self._ended |= {t.trial_id for t in trials if str(t.status) in ("TERMINATED", "ERROR")}
+
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Close the parent run with the best trial's numbers."""
-        self._finish_parent(trials, "FINISHED")
+        """Close the parent run: FINISHED with the best trial's numbers, or KILLED when the driver was stopped."""
+        stopped_by = interrupt.received()
+        self._close_children(trials, stopped_by)
+        self._finish_parent(trials, "KILLED" if stopped_by else "FINISHED")
+        if stopped_by:
+            self.client.set_tag(self.parent_id, "rslad.interrupted", stopped_by)
+
+    def _close_children(self, trials: list, stopped_by: str | None) -> None:
+        """No child run stays RUNNING: ended trials (also those a resume restored as ended) say how they
+        ended; trials still running when the driver was stopped are KILLED, and reopened on resume.
+
+        After a stop signal Tune marks the trials it stops TERMINATED without any callback (its saved
+        state keeps them unfinished): only trials that ended through a callback count as ended then.
+        """
+        by_trial = {t.trial_id: t for t in trials}
+        ended = self._ended
+        exp = self.client.get_experiment_by_name(self.experiment)
+        running = self.client.search_runs([exp.experiment_id], filter_string=(
+            f"tags.`{ROLE}` = 'trial' and tags.`{SEARCH}` = '{self.experiment}' and attributes.status = 'RUNNING'"))
+        for run in running:
+            trial = by_trial.get(run.data.tags.get(TRIAL_ID, ""))
+            if trial is None:
+                continue
+            self._runs[trial.trial_id] = run.info.run_id
+            if stopped_by and trial.trial_id not in ended:
+                self.client.set_tag(run.info.run_id, STATUS, "interrupted")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+            elif str(trial.status) == "ERROR":
+                self.on_trial_error(0, trials, trial)
+            elif str(trial.status) == "TERMINATED":
+                self.on_trial_complete(0, trials, trial)
 
     def _finish_parent(self, trials: list, status: str) -> None:
         metric = self.parent_tags.get("rslad.metric", "val_pgd_acc")
@@ -111,22 +196,35 @@ class MLflowTracker(tune.Callback):
                                    best.last_result.get("best_val_clean_acc", float("nan")))
         counts: dict[str, int] = {}
         for t in trials:
-            counts[str(t.status)] = counts.get(str(t.status), 0) + 1
+            state = trial_status(t) if str(t.status) == "TERMINATED" else str(t.status)
+            counts[state] = counts.get(state, 0) + 1
         self.client.set_tag(self.parent_id, "rslad.trial_states", str(counts))
+        # Teacher epochs computed vs read from the soft-label cache, over the whole search.
+        for key in ("rsl_cache_computed", "rsl_cache_reused"):
+            values = [t.last_result[key] for t in trials if t.last_result and key in t.last_result]
+            if values:
+                self.client.log_metric(self.parent_id, f"search/{key}", float(sum(values)))
         self.client.set_terminated(self.parent_id, status)
 
     # --- children ------------------------------------------------------------------------
-    def run_id(self, trial: Any) -> str:
-        """The trial's child run: cached, else found by tag, else created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
+    def _find_run(self, trial: Any) -> Any:
+        exp = self.client.get_experiment_by_name(self.experiment)
         found = self.client.search_runs(
-            [self.client.get_experiment_by_name(self.experiment).experiment_id],
+            [exp.experiment_id],
             filter_string=f"tags.`{TRIAL_ID}` = '{trial.trial_id}' and tags.`{SEARCH}` = '{self.experiment}'",
             max_results=1)
-        if found:
-            run_id = found[0].info.run_id
+        return found[0] if found else None
+
+    def run_id(self, trial: Any) -> str:
+        """The trial's child run: cached, else found by tag (and reopened), else created."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = self._find_run(trial)
+        if found is not None:
+            run_id = found.info.run_id
             self.client.update_run(run_id, status="RUNNING")
+            # Epochs a resumed trial repeats (from an older checkpoint) are not logged twice.
+            self._last_step[trial.trial_id] = int(found.data.tags.get(EPOCHS_RUN, 0))
         else:
             run = self.client.create_run(
                 self.client.get_run(self.parent_id).info.experiment_id, run_name=f"trial-{trial.trial_id}",
@@ -150,22 +248,32 @@ class MLflowTracker(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
+        run_id = self.run_id(trial)
+        if result.get(RESTORE_WARNING):
+            self.client.set_tag(run_id, "rslad.restore_warning", str(result[RESTORE_WARNING])[:4000])
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get(FAILED) or step <= self._last_step.get(trial.trial_id, 0):
+            return  # the failure marker carries no epoch of its own; a repeated epoch is already logged
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), now, step) for k in METRIC_KEYS if k in result]
-        run_id = self.run_id(trial)
         self.client.log_batch(run_id, metrics=metrics)
-        self.client.set_tag(run_id, "rslad.epochs_run", str(step))
+        self.client.set_tag(run_id, EPOCHS_RUN, str(step))
+        self._last_step[trial.trial_id] = step
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         self.client.set_tag(self.run_id(trial), "rslad.checkpoint_dir", checkpoint.path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, STATUS, trial_status(trial))
-        self.client.set_terminated(run_id, "FINISHED")
+        status = trial_status(trial)
+        self.client.set_tag(run_id, STATUS, status)
+        if status == "failed":
+            self.client.set_tag(run_id, "rslad.error", str(trial.last_result[FAILED])[:4000])
+        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, STATUS, "failed")
         self.client.set_tag(run_id, "rslad.error", error_summary(trial))
@@ -181,17 +289,20 @@ def error_summary(trial: Any) -> str:
         return "unknown error (no error file)"
 
 
-def ensure_parent_run(client: Any, experiment: str, tags: dict[str, str], params: dict[str, str],
-                      artifacts: dict[str, str]) -> str:
+def ensure_parent_run(client: Any, experiment: str, tracking_uri: str, tags: dict[str, str],
+                      params: dict[str, str], artifacts: dict[str, str]) -> str:
     """The search's parent run: reopened when it exists (resume), else created with params and artifacts."""
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_tags = {k: tags[k] for k in (SEARCH_ID, STORAGE) if k in tags}
+    exp_id = get_or_create_experiment(client, experiment, tracking_uri, exp_tags)
     found = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{experiment}'",
                                max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "rslad.resumed", "true")
+        for key, value in exp_tags.items():  # where the search lives now (a resume may name other storage)
+            client.set_tag(run_id, key, value)
+            client.set_experiment_tag(exp_id, key, value)
         return run_id
     run = client.create_run(exp_id, run_name=experiment, tags={**tags, ROLE: "search", SEARCH: experiment})
     from mlflow.entities import Param

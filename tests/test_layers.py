@@ -49,3 +49,46 @@ def test_the_ray_adapter_is_the_only_user_of_tunes_report_api():
 def test_nothing_uses_ray_train_in_a_tune_trainable():
     for p in sources():
         assert "ray.train" not in p.read_text(), p
+
+
+def test_ray_starts_in_one_module():
+    """Local start-up (loopback binding) and joining a cluster (its resources checked) happen in one place."""
+    callers = [p.relative_to(REPO).as_posix() for p in sources() if "ray.init(" in _code(p)]
+    assert callers == ["search/ray_runtime.py"]
+
+
+def test_the_search_package_has_no_import_circle():
+    """e.g. run.py <-> teachers.py once shared Ray start-up: imports in search/ (lazy ones included) form no cycle."""
+    modules = {p.stem: p for p in (REPO / "search").glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("search."):
+                deps.add(node.module.split(".")[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "search":
+                deps |= {alias.name for alias in node.names}
+        graph[name] = deps & set(modules)
+
+    def cycle_from(start: str, node: str, seen: tuple) -> tuple | None:
+        for dep in sorted(graph[node]):
+            if dep == start:
+                return seen + (dep,)
+            if dep not in seen:
+                found = cycle_from(start, dep, seen + (dep,))
+                if found:
+                    return found
+        return None
+
+    cycles = [c for c in (cycle_from(m, m, (m,)) for m in sorted(graph)) if c]
+    assert not cycles, f"import circles in search/: {cycles[0]}"
+
+
+def _code(path: Path) -> str:
+    """Source without comments and docstrings (a docstring may mention ray.init())."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        documented = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+        if documented and ast.get_docstring(node):
+            node.body = node.body[1:]
+    return ast.unparse(tree)

@@ -85,7 +85,8 @@ def test_cli_typo_exits_2_with_one_line(tmp_path):
 
 
 def test_paper_profile_missing_teacher_fails_before_any_trial(tmp_path):
-    proc = run_cli("space=alpha", "tracking.enabled=false", cwd=tmp_path)
+    # train.download=true: the data check passes (its folder can be created), so the teacher is what fails
+    proc = run_cli("space=alpha", "tracking.enabled=false", "train.download=true", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "teacher 'wrn34_10_trades' has no weights at" in line and "Zhang2019Theoretically" in line

@@ -1,0 +1,261 @@
+"""The search's Optuna study in a database (so optuna-dashboard can open it), with ASHA-stopped trials as PRUNED.
+
+Ray's OptunaSearch keeps the study in memory and tells Optuna that a trial the scheduler
+stopped is COMPLETE with its truncated score, which makes TPE favour fast starters. StudySearch
+keeps the study in an RDB next to the tracking store (study name = search name) and tells
+Optuna what happened: COMPLETE when the trial ran its whole schedule, PRUNED (with its
+per-epoch intermediate values) when the scheduler stopped it, FAIL when it failed.
+
+Resume: the study is not pickled with the searcher (Tune pickles searchers into tuner.pkl and
+searcher-state files); only the Ray trial id -> Optuna trial id map and the sampler are, and the
+study is reloaded from the database on first use. Warm-start points are enqueued only when the
+study is created, so a resumed search never duplicates them; Optuna trials that were suggested
+after the last saved searcher state (Ray does not know them) are marked FAIL, not left RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ray.tune.search.optuna import OptunaSearch
+
+from search.errors import SearchInputError
+
+log = logging.getLogger(__name__)
+
+STUDY_DB = "optuna.db"
+RAY_TRIAL_ATTR = "ray_trial_id"
+ORPHAN_REASON = "suggested after the searcher state Ray saved last; Ray never ran it (search interrupted)"
+RDB_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
+
+
+def study_storage_url(tracking_uri: str | None, storage: str, explicit: str = "") -> str | None:
+    """Where a search's study lives: `explicit` (an RDB URL) if given; beside a sqlite tracking store
+    (sqlite:///dir/mlruns.db -> sqlite:///dir/optuna.db); else in a local storage folder
+    (<storage>/optuna.db); None (in memory) when neither is local (http tracking + s3:// storage).
+    """
+    if explicit:
+        if not explicit.startswith(RDB_SCHEMES):
+            raise SearchInputError(f"optuna.storage={explicit!r} is not a database URL; "
+                                   f"allowed: sqlite:///ABS/path.db, postgresql://..., mysql://...")
+        return explicit
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / STUDY_DB}"
+    if storage.startswith("file://"):
+        storage = storage[len("file://"):]
+    if "://" not in storage:
+        return f"sqlite:///{Path(storage) / STUDY_DB}"
+    return None
+
+
+def _rdb_storage(url: str):
+    """An RDBStorage on `url`; a sqlite file gets its folder and waits for readers (optuna-dashboard) instead of failing."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"timeout": 30}}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def study_names(url: str) -> list[str]:
+    """Study names in the database at `url` ([] when a sqlite file does not exist yet; nothing is created)."""
+    import optuna
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        return []
+    return optuna.study.get_all_study_names(storage=_rdb_storage(url))
+
+
+def check_new_study(url: str | None, name: str) -> None:
+    """Preflight for a NEW search: refuse a name whose study already exists (its trials would mix with this search's)."""
+    if url is None or name not in study_names(url):
+        return
+    raise SearchInputError(
+        f"an Optuna study named {name!r} already exists in {url}; pick another name= or remove it with "
+        f"optuna delete-study --study-name {name} --storage {url}")
+
+
+def ran_whole_schedule(result: Mapping[str, Any]) -> bool:
+    """Whether a trial's final result ends its schedule (schedule_pct 100, or epoch == train.epochs); True if unknown."""
+    if "schedule_pct" in result:
+        return float(result["schedule_pct"]) >= 100.0 - 1e-6
+    epochs = result.get("config/train/epochs", (result.get("config") or {}).get("train", {}).get("epochs"))
+    if "epoch" in result and epochs is not None:
+        return int(result["epoch"]) >= int(epochs)
+    return True
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch whose study lives in a database and records scheduler-stopped trials as PRUNED."""
+
+    def __init__(self, space: Callable, metric: str, mode: str, *, study_name: str, storage_url: str | None,
+                 seed: int | None = None, points_to_evaluate: list[dict] | None = None,
+                 finished: Callable[[Mapping[str, Any]], bool] = ran_whole_schedule) -> None:
+        if isinstance(mode, list) or isinstance(metric, list):
+            raise ValueError("StudySearch supports one metric and one mode")
+        self._storage_url = storage_url
+        self._finished = finished
+        self._ot_trial_ids: dict[str, int] = {}
+        self._saved_sampler = None
+        self._unpickled = False
+        super().__init__(space=space, metric=metric, mode=mode, points_to_evaluate=points_to_evaluate,
+                         seed=seed, study_name=study_name)
+
+    # --- the study, created lazily -------------------------------------------------------------
+    def _setup_study(self, mode: Any) -> None:
+        # Called from OptunaSearch.__init__: defer. A driver that builds the searcher only to
+        # restore another one from disk (resume) must not touch, or enqueue into, the database.
+        self._ot_study = None
+
+    @property
+    def study(self):
+        """The optuna Study (loaded or created on first use)."""
+        return self._ensure_study()
+
+    def _ensure_study(self):
+        if self._ot_study is not None:
+            return self._ot_study
+        import optuna
+        from ray.tune.utils.util import validate_warmstart
+
+        storage = _rdb_storage(self._storage_url) if self._storage_url else None
+        existed = storage is not None and self._study_name in optuna.study.get_all_study_names(storage=storage)
+        sampler = self._saved_sampler or self._sampler or optuna.samplers.TPESampler(seed=self._seed)
+        study = optuna.create_study(storage=storage, sampler=sampler, pruner=optuna.pruners.NopPruner(),
+                                    study_name=self._study_name, load_if_exists=True,
+                                    direction="minimize" if self._mode == "min" else "maximize")
+        self._ot_study = study
+        self._ot_trials = {tid: optuna.trial.Trial(study, ot_id) for tid, ot_id in self._ot_trial_ids.items()}
+        if not existed:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # experimental in some Optuna releases
+                study.set_metric_names([self._metric])  # optuna-dashboard's axis: val_pgd_acc, not "Objective 0"
+            if self._points_to_evaluate:
+                validate_warmstart(self._space, self._points_to_evaluate, self._evaluated_rewards,
+                                   validate_point_name_lengths=not callable(self._space))
+                for point in self._points_to_evaluate:
+                    study.enqueue_trial(point)
+        elif self._unpickled:
+            self._fail_orphans(study)
+        else:
+            log.warning("Optuna study %r already exists in %s; this search adds its trials to it",
+                        self._study_name, self._storage_url)
+        return study
+
+    def _fail_orphans(self, study) -> None:
+        """Mark FAIL the RUNNING Optuna trials Ray does not know (suggested after the last saved state)."""
+        from optuna.trial import TrialState
+
+        known = set(self._ot_trial_ids.values())
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen._trial_id not in known:
+                study._storage.set_trial_system_attr(frozen._trial_id, "fail_reason", ORPHAN_REASON)
+                study.tell(frozen.number, state=TrialState.FAIL)
+                log.info("Optuna trial %d was never run by Ray (interrupted search): marked FAIL", frozen.number)
+
+    # --- Tune's searcher interface -------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ask the study for a trial (an enqueued warm-start point first) and remember which Ray trial it is."""
+        self._ensure_study()
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            ot_trial = self._ot_trials[trial_id]
+            self._ot_trial_ids[trial_id] = ot_trial._trial_id
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Record the metric as an intermediate value at step = epoch (what optuna-dashboard plots)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from ray.air.constants import TRAINING_ITERATION
+
+        self._ensure_study()
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or self.metric not in result:
+            return
+        if not math.isfinite(float(result[self.metric])):
+            return
+        step = int(result.get("epoch", result.get(TRAINING_ITERATION, 0)))
+        with warnings.catch_warnings():
+            # A trial restored from its checkpoint reports its last epoch again: Optuna keeps the first value.
+            warnings.simplefilter("ignore")
+            try:
+                ot_trial.report(float(result[self.metric]), step)
+            except UpdateFinishedTrialError:
+                pass  # told before an interruption the experiment state did not see; the study already has it
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """COMPLETE when the trial ran its whole schedule, PRUNED when the scheduler stopped it, FAIL on error."""
+        from optuna.trial import TrialState
+
+        study = self._ensure_study()
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        if study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return
+        state, value = self.outcome(result, error)
+        if state != TrialState.FAIL and result and self.metric in result:
+            # Tune sends a trial's last result only here: it completes the curve, and a pruned
+            # trial's last intermediate value is the score it was stopped with.
+            self.on_trial_result(trial_id, result)
+        self._completed_trials.add(trial_id)
+        try:
+            study.tell(ot_trial, value, state=state)
+        except (ValueError, RuntimeError) as err:  # e.g. a NaN metric: Optuna records the trial as FAIL
+            log.warning("Optuna trial %d (%s): %s", ot_trial.number, trial_id, err)
+
+    def outcome(self, result: Mapping[str, Any] | None, error: bool) -> tuple[Any, float | None]:
+        """(Optuna state, value) for a trial that ended with `result` (its last result) and `error`."""
+        from optuna.trial import TrialState
+
+        if error:
+            return TrialState.FAIL, None
+        value = None if not result else result.get(self.metric)
+        if value is None:
+            return TrialState.PRUNED, None  # removed before it reported (Ray's own rule)
+        if not math.isfinite(float(value)):
+            return TrialState.FAIL, None  # e.g. the trainable's last result for a non-finite loss
+        if not self._finished(result):
+            return TrialState.PRUNED, None  # Optuna takes the last intermediate value as its value
+        return TrialState.COMPLETE, float(value)
+
+    # --- pickling and Tune's save/restore ------------------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self._storage_url is None:
+            return state  # an in-memory study can only travel inside the pickle
+        if self._ot_study is not None:
+            state["_saved_sampler"] = self._ot_study.sampler
+            state["_ot_trial_ids"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+        state["_ot_study"] = None
+        state["_ot_trials"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._unpickled = True
+
+    def save(self, checkpoint_path: str) -> None:
+        """Searcher state for Tune's experiment checkpoint: the id map and the sampler, not the study."""
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Back to a saved state; the study is reloaded from the database on next use."""
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        if not isinstance(state, dict) or "_ot_trial_ids" not in state:
+            raise ValueError(f"{checkpoint_path} is not a StudySearch state")
+        self.__setstate__(state)
+        if self._storage_url is not None:
+            self._ot_study = None

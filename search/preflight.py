@@ -1,0 +1,236 @@
+"""Every check the driver can make before Ray starts, without writing anything.
+
+`preflight(plan)` takes seconds and raises the first problem as a one-line error (exit code 2):
+the name, the resources one trial needs, where results and MLflow records go, whether the name
+is free (or, with resume=true, whether the saved search is there, trusted and started with the
+same settings), the datasets and the teachers (loaded on the CPU, not just found). A dry run
+calls it and prints the plan; nothing here starts Ray or creates a file, folder or database.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from search import record
+from search.errors import SearchInputError
+from search.plan import SearchPlan, values_in_play
+from search.ray_runtime import check_local_resources
+from search.storage import check_creatable, check_name, check_trusted, check_writable_file
+from trainables.paths import SQLITE, is_uri
+
+log = logging.getLogger("search")
+
+HEALTH_TIMEOUT_S = 5
+
+
+def preflight(plan: SearchPlan) -> None:
+    """Check the plan against the machine, the storage, the tracking store, the data and the teachers."""
+    check_name(plan.name)
+    check_local_resources(plan.cfg)
+    check_paths(plan)
+    saved = check_saved_search(plan)
+    check_tracking_name(plan, saved)
+    check_datasets(plan)
+    check_teachers(plan)
+
+
+# --- where things are written -------------------------------------------------------------
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
+
+
+def check_paths(plan: SearchPlan) -> None:
+    """storage and the MLflow store can be written (probed; os.access says yes to root)."""
+    cfg = plan.cfg
+    if not is_uri(plan.experiment_path):
+        check_creatable(Path(plan.experiment_path), f"storage={cfg['storage']}")
+    if not cfg["tracking"]["enabled"]:
+        return
+    uri = cfg["tracking"]["uri"]
+    db = sqlite_file(uri)
+    if db is not None:
+        check_creatable(db.parent, f"tracking.uri={uri}")
+        if db.exists():
+            check_writable_file(db, f"tracking.uri={uri}")
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+
+
+def check_server(uri: str) -> None:
+    """An MLflow server answers at all (MLflow itself would retry an unreachable one for minutes)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 from the basic-auth app): MLflow's own calls will say more
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise SearchInputError(f"tracking.uri={uri}: the MLflow server does not answer ({problem}); "
+                           "start it, or use tracking.uri=sqlite:////abs/path.db")
+
+
+# --- the name: free for a new search, the same search on resume ------------------------------
+def check_saved_search(plan: SearchPlan) -> dict | None:
+    """New search: nothing saved under its name. resume=true: a saved, trusted search with the same settings.
+
+    Returns the saved description (None for a new search or one started by an older version).
+    """
+    from ray import tune  # an import only: nothing of Ray starts
+
+    path = plan.experiment_path
+    exists = tune.Tuner.can_restore(path)
+    saved = record.read(path) if exists or not plan.cfg["resume"] else None
+    if not plan.cfg["resume"]:
+        if exists:
+            raise SearchInputError(f"a search named {plan.name!r} already exists at {path}; "
+                                   f"continue it with resume=true or pick another name=")
+        if saved is not None:
+            raise SearchInputError(f"a search named {plan.name!r} was started at {path} but stopped before Tune "
+                                   f"saved anything; remove that folder or pick another name=")
+        return None
+    if not exists:
+        raise SearchInputError(f"resume=true but there is no search to continue at {path} "
+                               f"(check name= and storage=)")
+    check_trusted(path)
+    if saved is None:
+        log.warning("%s has no %s (started by an older version): its settings cannot be compared",
+                    path, record.RECORD_FILE)
+        return None
+    changed = record.differences(record.with_new_fields(saved["settings"]), record.settings(plan))
+    if changed:
+        raise SearchInputError(
+            f"resume=true: search {plan.name!r} was started with other settings: {', '.join(changed)}; "
+            f"a resumed search keeps its own, so rerun with those values (or start a new search with another name=)")
+    return saved
+
+
+def check_tracking_name(plan: SearchPlan, saved: dict | None) -> None:
+    """The MLflow experiment of this name is free (new search) or belongs to this very search (resume)."""
+    cfg = plan.cfg
+    if not cfg["tracking"]["enabled"]:
+        return
+    uri = cfg["tracking"]["uri"]
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        return  # nothing recorded yet; opening it with MLflow would create it
+    exp = _experiment(uri, plan.name)
+    if exp is None:
+        return
+    from search.tracking import SEARCH_ID, STORAGE
+
+    if exp.lifecycle_stage == "deleted":
+        raise SearchInputError(f"name={plan.name!r} belongs to a deleted MLflow experiment in {uri}; "
+                               f"restore or purge it (mlflow gc), or pick another name=")
+    owner = exp.tags.get(SEARCH_ID)
+    where = exp.tags.get(STORAGE) or _parent_storage(uri, exp)
+    if cfg["resume"]:
+        if owner is not None and saved is not None and owner == saved["search_id"]:
+            return
+        if owner is None and where in (None, plan.experiment_path):
+            return  # recorded by an older version, which tagged no search id
+    raise SearchInputError(f"name={plan.name!r} is already used in the tracking store {uri} by "
+                           f"{'another ' if cfg['resume'] else 'the '}search stored at {where or 'an unknown place'}; "
+                           f"pick another name=")
+
+
+def _experiment(uri: str, name: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(uri).get_experiment_by_name(name)
+    except Exception as err:  # noqa: BLE001  (MLflow, SQLAlchemy and sqlite3 each raise their own kind)
+        first = " ".join(str(err).split()).split(" [SQL:")[0][:300]
+        raise SearchInputError(f"tracking.uri={uri} cannot be read as an MLflow store "
+                               f"({type(err).__name__}: {first})") from None
+
+
+def _parent_storage(uri: str, exp: Any) -> str | None:
+    """rslad.storage of the experiment's parent run (searches recorded before experiments carried the tag)."""
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import ROLE, STORAGE
+
+    runs = MlflowClient(uri).search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE}` = 'search'",
+                                         max_results=1)
+    return runs[0].data.tags.get(STORAGE) if runs else None
+
+
+# --- data and teachers ----------------------------------------------------------------------
+def check_datasets(plan: SearchPlan) -> None:
+    """Every dataset in play is in its data_dir (torchvision's files and checksums), unless download=true."""
+    datasets = values_in_play(plan.space, plan.base_train, "dataset") - {"digits"}  # digits ships with scikit-learn
+    download = True in values_in_play(plan.space, plan.base_train, "download")
+    for data_dir in sorted(values_in_play(plan.space, plan.base_train, "data_dir")):
+        for dataset in sorted(datasets):
+            if download:
+                check_creatable(Path(data_dir), f"train.data_dir={data_dir}")
+            else:
+                check_cifar_files(dataset, data_dir)
+
+
+def check_cifar_files(dataset: str, data_dir: str) -> None:
+    """torchvision's CIFAR files are present and intact, read once for their checksums (not unpickled)."""
+    import torchvision
+    from torchvision.datasets.utils import check_integrity
+
+    from trainables.data import DatasetNotFoundError
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[dataset]
+    root = Path(data_dir).expanduser().resolve()
+    folder = root / cls.base_folder
+    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
+    for filename, md5 in files:
+        path = folder / filename
+        problem = "missing" if not path.is_file() else None if check_integrity(str(path), md5) else "corrupt"
+        if problem:
+            raise DatasetNotFoundError(
+                f"{dataset} not found in {root} ({path} is {problem}); set train.download=true on a machine "
+                f"with internet, or copy torchvision's '{cls.base_folder}' folder there (train.data_dir=...)")
+
+
+def check_teachers(plan: SearchPlan) -> None:
+    """Every teacher in play loads strictly on the CPU, or will be fetched or trained before the search."""
+    from search.teachers import checkpoint_for, how_to_provide, load_teacher
+
+    for name in plan.teachers:
+        path = checkpoint_for(name, plan.base_train)
+        if path.exists():
+            load_teacher(name, path)
+        elif not will_be_provided(plan, name):
+            raise SearchInputError(how_to_provide(name, path))
+        elif plan.cfg["teachers"]["auto_train"]:
+            check_creatable(path.parent, f"train.teachers_dir={plan.base_train['teachers_dir']}")
+
+
+def will_be_provided(plan: SearchPlan, name: str) -> bool:
+    """A missing teacher is trained (teachers.auto_train), in the MLflow registry, or downloadable from RobustBench."""
+    cfg = plan.cfg
+    if cfg["teachers"]["auto_train"]:
+        return True
+    if cfg["tracking"]["enabled"] and registered(cfg["tracking"]["uri"], name):
+        return True
+    from trainables.teachers import get_teacher
+
+    return bool(get_teacher(name).robustbench_id) and importlib.util.find_spec("robustbench") is not None
+
+
+def registered(uri: str, name: str) -> bool:
+    """Whether the MLflow model registry has a version of teacher `name` (a missing SQLite file is not opened)."""
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        return False
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from search.teachers import REGISTERED_PREFIX
+
+    try:
+        return bool(MlflowClient(uri).search_model_versions(f"name='{REGISTERED_PREFIX}{name}'"))
+    except MlflowException:
+        return False
