@@ -4,8 +4,8 @@ Run on a CUDA machine with CIFAR-10 in torchvision's layout and the WRN-34-10 te
 
     python -m benchmarks.gpu_check --data-dir data --teachers-dir teachers [--epochs 5] [--train-subset 10000]
 
-Prints, for amp off (fp32) and on (bf16): final validation clean and PGD accuracy, training images/s
-and wall time; then, on one batch of the trained fp32 student, the share of x' elements and the
+Prints, for amp off (fp32) and on (bf16): final validation clean and PGD accuracy, training images/s,
+wall time, peak GPU memory and mean GPU utilisation while training (NVML; what MLflow records per epoch); then, on one batch of the trained fp32 student, the share of x' elements and the
 relative size of the gradient difference that bf16 causes in one RSLAD step. On a machine without
 CUDA it says so and exits 0 (amp does nothing on a CPU). Prints numbers only; asserts nothing.
 """
@@ -35,9 +35,11 @@ def run(cfg: TrainConfig) -> tuple[dict[str, float], Training]:
     # The first epoch includes cuDNN's algorithm search: leave it out of the rate when there are others.
     rates = [m["images_per_s"] for m in history[1:] or history]
     last = history[-1]
+    utilisation = [m["gpu_util_pct"] for m in history[1:] or history if "gpu_util_pct" in m]
     return {"val_clean_acc": last["val_clean_acc"], "val_pgd_acc": last["val_pgd_acc"],
             "images_per_s": statistics.median(rates), "wall_s": wall,
-            "gpu_mem_peak_gb": last.get("gpu_mem_peak_gb", float("nan"))}, training
+            "gpu_mem_peak_gb": last.get("gpu_mem_peak_gb", float("nan")),
+            "gpu_util_pct": statistics.mean(utilisation) if utilisation else float("nan")}, training
 
 
 def step_divergence(training: Training, cfg: TrainConfig) -> dict[str, float]:
@@ -76,11 +78,11 @@ def report(results: dict[str, Any], cfg: TrainConfig, device: str) -> str:
     """The numbers as a fixed-width table."""
     lines = [f"{device}: {cfg.method}, {cfg.student} <- {cfg.teacher}, {cfg.dataset} ({cfg.train_subset or 'all'} "
              f"training images, {cfg.epochs} epochs, batch {cfg.batch_size}, validation {cfg.val_size} images)",
-             f"{'':<18} {'val clean':>10} {'val PGD':>10} {'images/s':>10} {'wall s':>9} {'peak GB':>8}"]
+             f"{'':<18} {'val clean':>10} {'val PGD':>10} {'images/s':>10} {'wall s':>9} {'peak GB':>8} {'GPU %':>6}"]
     for label in ("amp=false (fp32)", "amp=true (bf16)"):
         r = results[label]
         lines.append(f"{label:<18} {r['val_clean_acc']:>10.4f} {r['val_pgd_acc']:>10.4f} {r['images_per_s']:>10.0f} "
-                     f"{r['wall_s']:>9.1f} {r['gpu_mem_peak_gb']:>8.2f}")
+                     f"{r['wall_s']:>9.1f} {r['gpu_mem_peak_gb']:>8.2f} {r['gpu_util_pct']:>6.0f}")
     step = results["one step"]
     lines.append(f"one {cfg.method} step of the trained fp32 student under bf16: {100 * step['x_adv_elements_changed']:.2f} % "
                  f"of x' elements change, gradient changes by {100 * step['grad_relative_change']:.2f} % (relative L2)")

@@ -112,6 +112,39 @@ def reference_epoch(student: nn.Module, teacher: nn.Module, loader: torch.utils.
 
 
 # --- the comparison -------------------------------------------------------------------------
+class _ForwardTimer:
+    """Seconds spent inside a module's forward calls: wall clock on the CPU, CUDA events on a GPU (read once, at the end)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.spans: list = []
+        self.total = 0.0
+
+    def before(self, module: nn.Module, args: tuple) -> None:
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.spans.append([start, None])
+        else:
+            self.spans.append([time.perf_counter(), None])
+
+    def after(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.spans[-1][1] = end
+        else:
+            self.total += time.perf_counter() - self.spans.pop()[0]
+
+    def seconds(self) -> float:
+        """Total time in the forward calls so far."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.total += sum(start.elapsed_time(end) / 1000 for start, end in self.spans if end is not None)
+            self.spans.clear()
+        return self.total
+
+
 class Bench:
     """The shared images, initial weights and configs of the three variants."""
 
@@ -131,7 +164,8 @@ class Bench:
             dataset="cifar10", student=args.student, teacher=benchmark_teacher(args.teacher),
             teacher_checkpoint=str(self.teacher_file), method="rslad", rsl_source=args.rsl_source,
             batch_size=args.batch_size, epochs=1, device=str(device), num_threads=args.threads,
-            val_attack_steps=1, val_batch_size=args.batch_size))
+            val_attack_steps=1, val_batch_size=args.batch_size, amp=args.amp == "on",
+            channels_last=args.channels_last == "on"))
 
     def fit_epoch(self, cached: bool, max_batches: int | None = None) -> tuple[float, dict]:
         """Images/s of one Training.run_epoch (its training part, validation excluded) and its metrics.
@@ -145,25 +179,18 @@ class Bench:
             splits = ImageSplits(splits.train_x[:n], splits.train_y[:n], splits.val_x, splits.val_y,
                                  splits.test_x, splits.test_y, splits.num_classes)
         training = Training(cfg, splits=splits)
-        # Time inside the teacher's forward, measured within the same epoch: a share robust to the load drifting between epochs.
-        spent, started = [0.0], [0.0]
-
-        def before(module, args):
-            sync(self.device)
-            started[0] = time.perf_counter()
-
-        def after(module, args, out):
-            sync(self.device)
-            spent[0] += time.perf_counter() - started[0]
-
-        hooks = [training.teacher.register_forward_pre_hook(before), training.teacher.register_forward_hook(after)]
+        # Time inside the teacher's forward, measured within the same epoch: a share robust to the load drifting
+        # between epochs. On CUDA, events (no synchronisation: a sync per call would stall the queue it measures).
+        timer = _ForwardTimer(self.device)
+        hooks = [training.teacher.register_forward_pre_hook(timer.before),
+                 training.teacher.register_forward_hook(timer.after)]
         try:
             metrics = training.run_epoch()
         finally:
             for h in hooks:
                 h.remove()  # the teacher is kept per process and shared with the next Training
         train_time = len(splits.train_y) / metrics["images_per_s"]  # run_epoch's training part, validation excluded
-        metrics["teacher_share"] = spent[0] / train_time
+        metrics["teacher_share"] = timer.seconds() / train_time
         return metrics["images_per_s"], metrics
 
     def reference(self, max_batches: int | None = None) -> float:
@@ -232,7 +259,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                              "0 on CPU, where a trial has one core)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 on CPU, torch's on CUDA)")
     p.add_argument("--rsl-source", default="nat-nat-nat", help="RSLAD soft-label source of the fit() variants")
+    p.add_argument("--amp", choices=("on", "off"), default="off",
+                   help="fit()'s bf16 autocast on CUDA (train.amp, off by default)")
+    p.add_argument("--channels-last", choices=("on", "off"), default="on",
+                   help="fit()'s channels_last on CUDA (train.channels_last)")
     return p.parse_args(argv)
+
+
+def fit_numerics(args: argparse.Namespace) -> str:
+    """How fit() runs on CUDA with these options, for the header."""
+    return " + ".join([("bf16 autocast" if args.amp == "on" else "fp32"),
+                       *(["channels_last"] if args.channels_last == "on" else [])])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{t_time / s_time:.1f}x forward time (fp32, batch {args.batch_size})")
     cfg = TrainConfig()
     print(f"method        : rslad {args.rsl_source}, {cfg.attack_steps} PGD steps; fit() "
-          f"{'bf16 autocast + channels_last' if on_cuda else 'fp32'}; reference fp32, DataLoader(num_workers={args.workers})")
+          f"{fit_numerics(args) if on_cuda else 'fp32'}; reference fp32, DataLoader(num_workers={args.workers})")
     rates = run(args, device)
     med = {k: statistics.median(v) for k, v in rates.items() if v}
     labels = {"reference": "reference-style loop (DataLoader + PIL, fp32, teacher every batch)",

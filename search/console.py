@@ -4,7 +4,9 @@
 `Snapshot` built from Tune's `trials` list (which after a resume holds the restored trials with
 their last results), so the counts continue across a resume. On a terminal the block is redrawn
 in place at most every `tty_every_s` seconds; elsewhere (CI logs, `ray job logs`) a new block is
-appended at most every `log_every_s` seconds, and only when something changed.
+appended at most every `log_every_s` seconds, and only when something changed. What a person
+must not miss goes through logging (logger "search", on stderr) as it happens: a trial that
+failed, and a trial that continued from an older checkpoint than its newest.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any, Iterable, Mapping, TextIO
 
 from ray.tune import Callback
 
-from search.tracking import trial_status
+from search.tracking import error_summary, searched_values, short_value, trial_status
+from trainables.ray_adapter import FAILED, RESTORE_WARNING
+
+log = logging.getLogger("search")
 
 WIDTH = 100
 # Loggers with their own handlers: the root (the driver's logging) and Ray's (it does not propagate).
@@ -78,7 +83,7 @@ def row_of(trial: Any, metric: str) -> TrialRow:
     config = trial.config or {}
     return TrialRow(
         trial_id=str(trial.trial_id),
-        params={k: v for k, v in config.items() if k not in ("train", "trial")},
+        params=searched_values(config),
         epoch=int(last.get("epoch", 0) or 0),
         epochs=int(config.get("train", {}).get("epochs", 0) or 0),
         metric=_number(last.get(metric)),
@@ -126,12 +131,6 @@ def clock(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[:max(width - 1, 0)] + "~"
 
@@ -159,7 +158,7 @@ def render(snap: Snapshot, width: int = WIDTH, max_rows: int = 12) -> str:
     lines = [_fit(snap.name, max(width - len(counts) - 2, 8)) + ": " + counts]
     best = snap.best
     if best is not None:
-        params = " ".join(f"{k}={_value(v)}" for k, v in sorted(best.params.items()))
+        params = " ".join(f"{k}={short_value(v)}" for k, v in sorted(best.params.items()))
         lines.append(_fit(f"best {snap.metric} {best.best:.4f}: trial {best.trial_id} {params}", width))
     running = sorted((r for r in snap.rows if r.status in ("running", "interrupted")), key=lambda r: r.trial_id)
     ended = sorted((r for r in snap.rows if r.status in ENDED), key=lambda r: r.ended_at, reverse=True)
@@ -172,7 +171,7 @@ def render(snap: Snapshot, width: int = WIDTH, max_rows: int = 12) -> str:
     params_w = max(width - fixed, 10)
     lines.append(f"{'trial':<{id_w}}  {'params':<{params_w}}  {'epoch':>7}  {metric:>11}  {'best':>6}  {'status':<13}")
     for r in shown:
-        params = _fit(" ".join(f"{k}={_value(v)}" for k, v in sorted(r.params.items())) or "-", params_w)
+        params = _fit(" ".join(f"{k}={short_value(v)}" for k, v in sorted(r.params.items())) or "-", params_w)
         epoch = f"{r.epoch}/{r.epochs}" if r.epochs else str(r.epoch)
         lines.append(f"{r.trial_id:<{id_w}}  {params:<{params_w}}  {epoch:>7}  {_score(r.metric):>11}  "
                      f"{_score(r.best):>6}  {r.status:<13}".rstrip())
@@ -310,16 +309,21 @@ class LiveConsole(Callback):
         self._session.live.add(trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(RESTORE_WARNING):
+            log.warning("trial %s: %s", trial.trial_id, result[RESTORE_WARNING])
         self._session.live.add(trial.trial_id)
         self._session.epochs += 1
         self.draw(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._session.ended.add(trial.trial_id)
+        if trial_status(trial) == "failed":
+            log.warning("trial %s failed (not retried): %s", trial.trial_id, trial.last_result[FAILED])
         self.draw(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._session.ended.add(trial.trial_id)
+        log.warning("trial %s failed: %s", trial.trial_id, error_summary(trial))
         self.draw(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -344,25 +348,3 @@ class _ClearBeforeLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.console.clear()
-
-
-def asha_expected_trial_epochs(num_samples: int, epochs: int, grace_period: float, reduction_factor: float,
-                               max_t: float = 100.0) -> int:
-    """Expected trial-epochs of a search under ASHA on schedule_pct (synchronous halving's expectation).
-
-    Rungs sit at grace_period * reduction_factor**k below max_t, as Ray's ASHA places them; a
-    fraction 1/reduction_factor of the trials passes each. Asynchronous promotion lets a few more
-    through early in a search, so this is a lower estimate; without ASHA it is num_samples * epochs.
-    """
-    rungs = []
-    t = float(grace_period)
-    while t < max_t:
-        rungs.append(t)
-        t *= reduction_factor
-    if not rungs:
-        return num_samples * epochs
-    pct = rungs[0]
-    for k in range(1, len(rungs)):
-        pct += (rungs[k] - rungs[k - 1]) / reduction_factor ** k
-    pct += (max_t - rungs[-1]) / reduction_factor ** len(rungs)
-    return int(round(num_samples * epochs * pct / max_t))

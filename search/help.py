@@ -25,7 +25,16 @@ from search.errors import SearchInputError
 from search.keys import KEYS, value_at
 
 WIDTH = 100
-USAGE = "usage: python -m search.run [key=value ...] [--help | -h | --cfg job]"
+USAGE = "usage: python -m {command} [key=value ...] [--help | -h | --cfg job]"
+INTROS = {
+    "search.run": (
+        "One search on Ray Tune: Optuna proposes trials from spaces/<space>.yaml, ASHA stops weak ones, every "
+        "trial checkpoints each epoch, MLflow records the search. dry_run=true checks everything and prints the "
+        "plan without starting anything."),
+    "search.teachers": (
+        "Trains teachers (teachers.names, or every trainable teacher of train.dataset) as Tune trials, saves each "
+        "to train.teachers_dir/<name>.pt and registers it in MLflow. dry_run=true prints what it would train."),
+}
 HELP_FLAGS = ("--help", "-h")
 # Hydra's own command-line options other than --help/--cfg: none of them does anything for a search.
 HYDRA_OPTIONS = ("--hydra-help", "--version", "--info", "-i", "--resolve", "--package", "-p", "--run", "-r",
@@ -184,8 +193,9 @@ def _rows(rows: Sequence[tuple[str, str, str]], width: int, key_w: int = 24) -> 
     return [line.rstrip() for line in lines]
 
 
-def render_help(cfg: Mapping[str, Any], width: int = WIDTH) -> str:
-    """`--help`: usage, the flags, every top-level key and every train.<field> with its default (from the composed `cfg`) and meaning."""
+def render_help(cfg: Mapping[str, Any], width: int = WIDTH, command: str = "search.run") -> str:
+    """`--help` of `python -m <command>`: usage, the flags, every top-level key and every train.<field> with its
+    default (from the composed `cfg`) and meaning."""
     from spaces import list_spaces
     from trainables.config import TrainConfig
 
@@ -208,13 +218,11 @@ def render_help(cfg: Mapping[str, Any], width: int = WIDTH) -> str:
             meaning += f" Allowed: {extra}."
         train.append((f"train.{f.name}", show(cfg["train"][f.name]), meaning))
     intro = textwrap.fill(
-        "One search on Ray Tune: Optuna proposes trials from spaces/<space>.yaml, ASHA stops weak ones, every "
-        "trial checkpoints each epoch, MLflow records the search. Keys are Hydra-style overrides "
-        f"(key=value; lists as [a,b]). Defaults shown are those of profile={profile} with the other words given; "
-        "`profile=smoke --help` shows the smoke profile's.", width)
+        f"{INTROS[command]} Keys are Hydra-style overrides (key=value; lists as [a,b]). Defaults shown are those "
+        f"of profile={profile} with the other words given; `profile=smoke --help` shows the smoke profile's.", width)
     flags = _rows([("--help, -h", "", "this text, then exit"),
-                   ("--cfg job", "", "the resolved config (what the search would use) as YAML, then exit")], width)
-    out = [USAGE, "", intro, "", "options:", *flags, "", "search keys:", *_rows(top, width), "",
+                   ("--cfg job", "", "the resolved config (what the command would use) as YAML, then exit")], width)
+    out = [USAGE.format(command=command), "", intro, "", "options:", *flags, "", "search keys:", *_rows(top, width), "",
            "training keys (TrainConfig; a space's fixed and searched keys override them):",
            *_rows(train, width)]
     return "\n".join(out) + "\n"

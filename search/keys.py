@@ -46,7 +46,7 @@ class Key:
         if self.choices and value not in self.choices:
             raise SearchInputError(f"{self.name}={value!r} is not allowed; allowed: {', '.join(self.choices)}")
         if self.minimum is not None and value < self.minimum:
-            raise SearchInputError(f"{self.name}={value!r} out of range; allowed: >= {self.minimum:g}")
+            raise SearchInputError(f"{self.name}={value!r} must be {_article(self.kind)} >= {self.minimum:g}")
 
 
 def _article(kind: str) -> str:
@@ -66,12 +66,20 @@ KEYS: tuple[Key, ...] = (
     Key("seed", "seed of the Optuna sampler (each trial's own seed is train.seed)", "int", minimum=0),
     Key("storage", "Ray results and trial checkpoints: a folder, or s3://, gs:// on a cluster", "str"),
     Key("resume", "continue the search `name` from storage", "bool"),
+    Key("dry_run", "check everything and print the plan (trials, concurrency, per-trial resources, teachers and "
+        "where their weights are, data, expected trial-epochs, where results go), then exit 0 without starting "
+        "Ray or writing anything (python -m search.teachers: which teachers it would train, and where)", "bool"),
+    Key("verbose", "show the libraries' own messages (Ray, Tune, Optuna, MLflow) as they come; false: only the "
+        "search's console and its warnings", "bool"),
     Key("scheduler", "asha: stop weak trials early on the space's metric; none: run every trial to the end; "
         "null: the space's choice", "str", nullable=True, choices=("asha", "none")),
     Key("rsl_cache", "trials share the teacher's logits on each epoch's clean batches, computed once per search "
         "(<storage>/<name>/rsl_cache; same losses up to fp16 rounding); false: every trial runs the teacher", "bool"),
     Key("tracking.uri", "MLflow tracking URI; a relative sqlite path is made absolute", "str"),
     Key("tracking.enabled", "record the search in MLflow", "bool"),
+    Key("optuna.storage", "database of the search's Optuna study (study name = name), for optuna-dashboard: "
+        "sqlite:///ABS/path.db, postgresql://..., mysql://...; empty: optuna.db beside a sqlite tracking store, "
+        "else in a local storage folder (in memory when neither is local)", "str"),
     Key("ray.address", "empty: start a local Ray; auto: join the running cluster; or HOST:PORT", "str"),
     Key("ray.num_cpus", "local Ray only: CPUs to use (null: all)", "int", nullable=True, minimum=1),
     Key("trial.cpus", "CPUs per trial (Ray sets torch's threads from it)", "float", minimum=0),

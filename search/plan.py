@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from spaces import Space, load_space
 from trainables.config import NO_TEACHER, TrainConfig
 
 log = logging.getLogger("search")
+
+MAX_ENUMERATED = 10_000  # configurations of a space's choices enumerated for its expected schedule
 
 
 @dataclass
@@ -31,6 +34,8 @@ class SearchPlan:
     max_concurrent: int
     scheduler: str
     teachers: list[str]
+    study_url: str | None = None
+    """The Optuna study's database (None: in memory); a resume keeps the one its search started with."""
 
     @property
     def experiment_path(self) -> str:
@@ -40,7 +45,11 @@ class SearchPlan:
 
 def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
     """Compose and check everything (config, space keys, teachers' names); raises one-line errors."""
-    cfg = resolve_paths(compose_config(overrides), cwd)
+    from search.keys import validate
+
+    composed = compose_config(overrides)
+    validate(composed)
+    cfg = resolve_paths(composed, cwd)
     profile = cfg["profile_name"]
     base = TrainConfig.from_dict(cfg["train"]).to_dict()
     space = load_space(str(cfg["space"]), profile)
@@ -54,12 +63,7 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
                                f"(leave name out for <space>-<profile>-<time>)")
     name = str(cfg["name"]) or default_name(str(cfg["space"]), profile)
     base["rsl_cache_dir"] = rsl_cache_dir(cfg, name)
-    scheduler = cfg["scheduler"] or budget.get("scheduler", "asha")
-    if scheduler not in ("asha", "none"):
-        raise SearchInputError(f"scheduler={scheduler!r} is not allowed; allowed: asha, none")
-    for key in ("num_samples", "max_concurrent"):
-        if cfg[key] is not None and (not isinstance(cfg[key], int) or cfg[key] < 1):
-            raise SearchInputError(f"{key}={cfg[key]!r} must be an integer >= 1")
+    scheduler = cfg["scheduler"] or budget.get("scheduler", "asha")  # the key table checked cfg's value
     num_samples = int(cfg["num_samples"] or budget["num_samples"])
     distinct = distinct_configs(space)
     if distinct is not None and num_samples > distinct:
@@ -71,7 +75,82 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
         cfg=cfg, name=name, profile=profile, space=space, base_train=base,
         num_samples=num_samples,
         max_concurrent=int(cfg["max_concurrent"] or budget["max_concurrent"]),
-        scheduler=scheduler, teachers=teachers_in_play(space, base))
+        scheduler=scheduler, teachers=teachers_in_play(space, base), study_url=study_url(cfg, name))
+
+
+def study_url(cfg: dict[str, Any], name: str) -> str | None:
+    """Where the search's Optuna study lives: for resume=true where the search started it (its description in
+    storage says), else optuna.storage, beside a sqlite tracking store, or in local storage (search.optuna_study)."""
+    from search import record
+    from search.optuna_study import study_storage_url
+
+    if cfg["resume"]:
+        saved = record.read(f"{cfg['storage'].rstrip('/')}/{name}")
+        if saved and record.STUDY in saved:
+            return saved[record.STUDY]
+    tracking = cfg["tracking"]["uri"] if cfg["tracking"]["enabled"] else None
+    return study_storage_url(tracking, cfg["storage"], cfg["optuna"]["storage"])
+
+
+def epoch_values(plan: SearchPlan) -> list[float]:
+    """The schedule (train.epochs) of each distinct configuration of the space's choices, recipes applied (a
+    method space mixes 100-, 200- and 300-epoch rows); a range param on epochs counts as its midpoint."""
+    base = float(plan.base_train["epochs"])
+    for p in plan.space.params:
+        if p.target == "epochs" and p.type != "choice":
+            return [(p.low + p.high) / 2]
+    choices = [p for p in plan.space.params if p.type == "choice"]
+    if math.prod(len(p.values) for p in choices) > MAX_ENUMERATED:
+        return [base]
+    schedules = {}
+    for combo in itertools.product(*(p.values for p in choices)):
+        overrides = plan.space.train_overrides({p.name: v for p, v in zip(choices, combo)})
+        schedules[json.dumps(overrides, sort_keys=True, default=str)] = float(overrides.get("train/epochs", base))
+    return list(schedules.values()) or [base]
+
+
+def planned_epochs(plan: SearchPlan) -> float:
+    """Epochs of one trial's schedule: train.epochs, or the mean of the schedules a space searches."""
+    values = epoch_values(plan)
+    return sum(values) / len(values)
+
+
+def expected_trial_epochs(plan: SearchPlan) -> tuple[int, int | None]:
+    """(trial-epochs if every trial ran its whole schedule, expected trial-epochs under ASHA or None without an
+    estimate): what the console's ETA and a dry run count with."""
+    full = int(round(plan.num_samples * planned_epochs(plan)))
+    if plan.scheduler != "asha":
+        return full, full
+    asha = plan.space.budget["asha"]
+    if asha["time_attr"] != "schedule_pct":
+        return full, None  # rungs in some other unit: no estimate in trial-epochs
+    values = epoch_values(plan)
+    expected = sum(asha_expected_trial_epochs(plan.num_samples, e, asha["grace_period"], asha["reduction_factor"],
+                                              asha["max_t"], rounded=False) for e in values) / len(values)
+    return full, int(round(expected))
+
+
+def asha_expected_trial_epochs(num_samples: int, epochs: float, grace_period: float, reduction_factor: float,
+                               max_t: float = 100.0, rounded: bool = True) -> float:
+    """Expected trial-epochs of a search under ASHA on schedule_pct (synchronous halving's expectation).
+
+    Rungs sit at grace_period * reduction_factor**k below max_t, as Ray's ASHA places them; a
+    fraction 1/reduction_factor of the trials passes each. A trial is judged at a rung on the first
+    epoch that reaches it (ceil(rung * epochs / max_t)), so a short schedule stops later than its
+    rung's share. Asynchronous promotion lets a few more through early in a search, so this is a
+    lower estimate; without rungs below max_t it is num_samples * epochs.
+    """
+    rungs = []
+    t = float(grace_period)
+    while t < max_t:
+        rungs.append(t)
+        t *= reduction_factor
+    per_trial = epochs / reduction_factor ** len(rungs)  # the survivors of every rung run the whole schedule
+    for k, rung in enumerate(rungs):
+        stopped_here = 1 / reduction_factor ** k - 1 / reduction_factor ** (k + 1)
+        per_trial += stopped_here * min(math.ceil(rung * epochs / max_t - 1e-9), epochs)
+    total = num_samples * per_trial
+    return int(round(total)) if rounded else total
 
 
 def rsl_cache_dir(cfg: dict[str, Any], name: str) -> str:

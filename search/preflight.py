@@ -28,15 +28,19 @@ log = logging.getLogger("search")
 HEALTH_TIMEOUT_S = 5
 
 
-def preflight(plan: SearchPlan) -> None:
-    """Check the plan against the machine, the storage, the tracking store, the data and the teachers."""
+def preflight(plan: SearchPlan) -> dict[str, str]:
+    """Check the plan against the machine, the storage, the tracking store, the study, the data and the teachers.
+
+    Returns where each teacher's weights come from (check_teachers), for the dry run's plan.
+    """
     check_name(plan.name)
     check_local_resources(plan.cfg)
     check_paths(plan)
     saved = check_saved_search(plan)
     check_tracking_name(plan, saved)
+    check_study(plan)
     check_datasets(plan)
-    check_teachers(plan)
+    return check_teachers(plan)
 
 
 # --- where things are written -------------------------------------------------------------
@@ -75,6 +79,29 @@ def check_server(uri: str) -> None:
                            "start it, or use tracking.uri=sqlite:////abs/path.db")
 
 
+def check_study(plan: SearchPlan) -> None:
+    """The Optuna study's database can be written, and a new search's study name is free there (nothing created)."""
+    from search.optuna_study import check_new_study
+
+    url = plan.study_url
+    db = sqlite_file(url) if url else None
+    if db is not None:
+        what = f"Optuna study database {url}" + ("" if plan.cfg["optuna"]["storage"] else
+                                                 " (set optuna.storage= to put it elsewhere)")
+        check_creatable(db.parent, what)
+        if db.exists():
+            check_writable_file(db, what)
+    if not plan.cfg["resume"]:
+        try:
+            check_new_study(url, plan.name)
+        except SearchInputError:
+            raise
+        except Exception as err:  # noqa: BLE001  (SQLAlchemy and the database drivers raise their own kinds)
+            first = " ".join(str(err).split()).split(" [SQL:")[0][:300]
+            raise SearchInputError(f"optuna.storage: the study database {url} cannot be read "
+                                   f"({type(err).__name__}: {first})") from None
+
+
 # --- the name: free for a new search, the same search on resume ------------------------------
 def check_saved_search(plan: SearchPlan) -> dict | None:
     """New search: nothing saved under its name. resume=true: a saved, trusted search with the same settings.
@@ -98,10 +125,12 @@ def check_saved_search(plan: SearchPlan) -> dict | None:
         raise SearchInputError(f"resume=true but there is no search to continue at {path} "
                                f"(check name= and storage=)")
     check_trusted(path)
-    if saved is None:
-        log.warning("%s has no %s (started by an older version): its settings cannot be compared",
-                    path, record.RECORD_FILE)
-        return None
+    if saved is None or record.STUDY not in saved:
+        # Its pickled searcher is search.searcher.OptunaSearcher (study in memory), which this version removed.
+        raise SearchInputError(
+            f"resume=true: search {plan.name!r} at {path} was started by an earlier version of rslad-search "
+            f"(Optuna study in memory) that this version cannot resume; finish it with that version (its MLflow "
+            f"parent run's tag git.revision) or start a new search with another name=")
     changed = record.differences(record.with_new_fields(saved["settings"]), record.settings(plan))
     if changed:
         raise SearchInputError(
@@ -194,30 +223,40 @@ def check_cifar_files(dataset: str, data_dir: str) -> None:
                 f"with internet, or copy torchvision's '{cls.base_folder}' folder there (train.data_dir=...)")
 
 
-def check_teachers(plan: SearchPlan) -> None:
-    """Every teacher in play loads strictly on the CPU, or will be fetched or trained before the search."""
+def check_teachers(plan: SearchPlan) -> dict[str, str]:
+    """Every teacher in play loads strictly on the CPU, or will be fetched or trained before the search.
+
+    Returns teacher name -> where its weights come from: "file" (they load), "registry", "robustbench" or
+    "train" (search.teachers.ensure_teachers tries them in this order).
+    """
     from search.teachers import checkpoint_for, how_to_provide, load_teacher
 
+    sources = {}
     for name in plan.teachers:
         path = checkpoint_for(name, plan.base_train)
         if path.exists():
             load_teacher(name, path)
-        elif not will_be_provided(plan, name):
+            sources[name] = "file"
+            continue
+        sources[name] = provider(plan, name)
+        if sources[name] is None:
             raise SearchInputError(how_to_provide(name, path))
-        elif plan.cfg["teachers"]["auto_train"]:
+        if sources[name] == "train":
             check_creatable(path.parent, f"train.teachers_dir={plan.base_train['teachers_dir']}")
+    return sources
 
 
-def will_be_provided(plan: SearchPlan, name: str) -> bool:
-    """A missing teacher is trained (teachers.auto_train), in the MLflow registry, or downloadable from RobustBench."""
-    cfg = plan.cfg
-    if cfg["teachers"]["auto_train"]:
-        return True
-    if cfg["tracking"]["enabled"] and registered(cfg["tracking"]["uri"], name):
-        return True
+def provider(plan: SearchPlan, name: str) -> str | None:
+    """Where a missing teacher's weights will come from: the MLflow registry, RobustBench (installed), training
+    (teachers.auto_train), in the order the driver tries them; None when from nowhere."""
     from trainables.teachers import get_teacher
 
-    return bool(get_teacher(name).robustbench_id) and importlib.util.find_spec("robustbench") is not None
+    cfg = plan.cfg
+    if cfg["tracking"]["enabled"] and registered(cfg["tracking"]["uri"], name):
+        return "registry"
+    if get_teacher(name).robustbench_id and importlib.util.find_spec("robustbench") is not None:
+        return "robustbench"
+    return "train" if cfg["teachers"]["auto_train"] else None
 
 
 def registered(uri: str, name: str) -> bool:

@@ -8,6 +8,9 @@ What each setting silences (seen in a smoke search with ray 2.60, optuna 5.0, ml
 - ray._private.authentication: the token-auth notice and "Generated new authentication token"
   (token auth stays on; only the message goes).
 - ray.tune: "Wrote the latest version of all result files ..." after every search.
+- ray.tune.tune (a filter, these two only): on a stop signal "Stop signal received ... Press CTRL+C
+  ... to skip" and "Experiment has been interrupted ... Resume experiment with: Tuner.restore(...)";
+  the search says itself that its state is saved, and which command continues it.
 - optuna: "A new study created in memory/RDB ...", "Using an existing study ...", and its
   ExperimentalWarning category.
 - mlflow.store.db.utils, alembic: "Creating initial MLflow database tables...", "Updating database
@@ -38,6 +41,15 @@ LOGGER_LEVELS = {
 }
 
 
+# Tune's own advice when the driver is stopped: a Python API instead of the command that continues the search.
+TUNE_STOP_ADVICE = ("Stop signal received", "Experiment has been interrupted", "Training has been interrupted")
+
+
+class _DropTuneStopAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TUNE_STOP_ADVICE)
+
+
 def quiet_libraries(verbose: bool = False) -> None:
     """Switch off Ray, Tune, Optuna and MLflow chatter (verbose=True: change nothing); call before ray.init()."""
     if verbose:
@@ -46,6 +58,9 @@ def quiet_libraries(verbose: bool = False) -> None:
         os.environ.setdefault(key, value)  # a value the person set wins
     for name, level in LOGGER_LEVELS.items():
         logging.getLogger(name).setLevel(level)
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _DropTuneStopAdvice) for f in tune_logger.filters):
+        tune_logger.addFilter(_DropTuneStopAdvice())
     import optuna
 
     # Optuna sets its own logger's level when first imported, so it is set through Optuna.

@@ -20,7 +20,11 @@ from typing import Any
 from trainables.paths import is_uri
 
 RECORD_FILE = "rslad-search.json"
-FORMAT = 1
+FORMAT = 2
+STUDY = "study_url"
+"""The Optuna study's database URL (None: in memory), kept for the resume: the restored searcher goes on writing
+there whatever the resuming command's tracking.uri. Searches recorded without it (format 1) kept their study in
+memory through a searcher class this version no longer has, so they cannot be resumed by it."""
 
 
 def settings(plan: Any) -> dict[str, Any]:
@@ -46,7 +50,7 @@ def new_record(plan: Any) -> dict[str, Any]:
     """A fresh description (new search id) for `plan`."""
     return {"format": FORMAT, "search_id": uuid.uuid4().hex, "name": plan.name,
             "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "storage": plan.experiment_path, "settings": settings(plan)}
+            "storage": plan.experiment_path, STUDY: plan.study_url, "settings": settings(plan)}
 
 
 def with_new_fields(saved: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """`python -m search.run space=alpha [profile=smoke] [key=value ...]`: one search on Ray Tune.
 
-Optuna (TPE, seeded) proposes trials from the space's YAML, ASHA stops weak ones on
-validation PGD accuracy, every trial checkpoints each epoch, and MLflow records the search
-(parent run) and each trial (child run) from this driver process.
+Optuna (TPE, seeded) proposes trials from the space's YAML and keeps its study in a database
+beside the tracking store (ASHA-stopped trials PRUNED), ASHA stops weak ones on validation PGD
+accuracy, every trial checkpoints each epoch, MLflow records the search (parent run) and each
+trial (child run) from this driver process, and a live console shows the trials as they run.
 
 The driver is three steps: `plan = plan_search(argv)` and `preflight(plan)` decide and check
-everything without Ray and without writing (a dry run stops there), then `run_search(plan)`
-provides the teachers, starts Ray, writes the search's description and runs Tune.
+everything without Ray and without writing (`dry_run=true` prints the plan and stops there),
+then `run_search(plan)` provides the teachers, starts Ray, writes the search's description and
+runs Tune. `--help` and `--cfg job` answer before any of it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from typing import Any
 import yaml
 
 from search import interrupt, record
+from search.config import compose_config, resolve_paths
 from search.errors import run_cli
-from search.plan import SearchPlan, distinct_configs, plan_search, teachers_in_play  # noqa: F401  (the driver's API)
+from search.help import read_command_line, render_cfg_job, render_help
+from search.keys import validate
+from search.plan import (SearchPlan, distinct_configs, expected_trial_epochs,  # noqa: F401  (the driver's API)
+                         plan_search, teachers_in_play)
 from search.preflight import preflight
 
 log = logging.getLogger("search")
@@ -35,14 +41,16 @@ def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
     from ray.tune.schedulers import FIFOScheduler
 
     from search.asha_state import ResumableASHA, SchedulerState
-    from search.progress import Progress
-    from search.searcher import OptunaSearcher
+    from search.console import LiveConsole
+    from search.optuna_study import StudySearch
     from search.tracking import MLflowTracker
 
     space, cfg = plan.space, plan.cfg
-    searcher = OptunaSearcher(space=space.define_by_run, metric=space.metric, mode=space.mode, seed=cfg["seed"],
-                              points_to_evaluate=space.points_to_evaluate or None)
-    callbacks: list = [Progress(space.metric)]
+    searcher = StudySearch(space.define_by_run, space.metric, space.mode, study_name=plan.name,
+                           storage_url=plan.study_url, seed=cfg["seed"],
+                           points_to_evaluate=space.points_to_evaluate or None)
+    callbacks: list = [LiveConsole(plan.name, space.metric, plan.num_samples,
+                                   planned_trial_epochs=expected_trial_epochs(plan)[1])]
     if plan.scheduler == "asha":
         asha = space.budget["asha"]
         scheduler = ResumableASHA(time_attr=asha["time_attr"], metric=space.metric, mode=space.mode,
@@ -57,7 +65,7 @@ def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
         artifacts = {"search.yaml": yaml.safe_dump(cfg, sort_keys=False),
                      "space.yaml": Path(space.source).read_text()}
         callbacks.insert(0, MLflowTracker(cfg["tracking"]["uri"], plan.name, parent_tags(plan, search_id), params,
-                                          artifacts))
+                                          artifacts, searched=[p.name for p in space.params]))
     run_config = tune.RunConfig(
         name=plan.name, storage_path=cfg["storage"], callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
@@ -158,6 +166,8 @@ def failed_reason(result: Any) -> str | None:
 
 def summary_table(results, metric: str, top_k: int) -> str:
     """The top trials as a fixed-width table: searched params, best validation accuracies, epochs run."""
+    from search.tracking import short_value
+
     rows = []
     for result in results:
         if result.metrics is None or f"best_{metric}" not in result.metrics:
@@ -167,7 +177,7 @@ def summary_table(results, metric: str, top_k: int) -> str:
         params = {k: v for k, v in result.config.items() if k not in ("train", "trial")}
         rows.append({
             "trial": str(result.metrics.get("trial_id", "?")),
-            "params": ", ".join(f"{k}={_short(v)}" for k, v in sorted(params.items())) or "-",
+            "params": ", ".join(f"{k}={short_value(v)}" for k, v in sorted(params.items())) or "-",
             metric: float(best_row[metric]),
             "val_clean_acc": float(best_row["val_clean_acc"]),
             "best_epoch": int(best_row["epoch"]),
@@ -182,10 +192,6 @@ def summary_table(results, metric: str, top_k: int) -> str:
         lines.append(f"{i:>4}  {r['trial']:<8}  {r['params'][:48]:<48} {r[metric]:>12.4f} {r['val_clean_acc']:>13.4f} "
                      f"{r['best_epoch']:>10} {r['epochs_run']:>6}/{r['of']:<3}")
     return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def saved_counts(experiment_path: str) -> dict[str, int]:
@@ -207,14 +213,63 @@ def saved_counts(experiment_path: str) -> dict[str, int]:
 
 def resume_command(argv: list[str], name: str) -> str:
     """The command that continues this search."""
-    kept = [a for a in argv if not a.startswith(("name=", "resume="))]
+    kept = [a for a in argv if not a.startswith(("name=", "resume=", "dry_run="))]
     return f"python -m search.run {' '.join(kept)} name={name} resume=true".replace("  ", " ")
 
 
+def start_command(argv: list[str]) -> str:
+    """The command a dry run stands for, without dry_run."""
+    return " ".join(["python -m search.run", *(a for a in argv if not a.startswith("dry_run="))])
+
+
+def browse_lines(plan: SearchPlan) -> list[str]:
+    """How to open the search in MLflow's UI (its runs table, directly) and in optuna-dashboard."""
+    from search.mlflow_view import runs_url
+
+    lines = []
+    uri = plan.cfg["tracking"]["uri"]
+    if plan.cfg["tracking"]["enabled"]:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(uri).get_experiment_by_name(plan.name)
+        if uri.startswith(("http://", "https://")):
+            lines.append(f"browse: {runs_url(uri, exp.experiment_id) if exp else uri}   (experiment '{plan.name}')")
+        else:
+            ui = "http://127.0.0.1:5000"
+            lines.append(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+            if exp is not None:
+                lines.append(f"        then open {runs_url(ui, exp.experiment_id)}")
+    if plan.study_url:
+        lines.append(f"study:  optuna-dashboard {plan.study_url} --host 127.0.0.1 --port 8080   "
+                     f"(study '{plan.name}'; pip install optuna-dashboard)")
+    return lines
+
+
 def main(argv: list[str]) -> int:
-    """Plan, preflight, run, summarise; exit 0, 1 (every trial failed), 2 (bad input), 130/143 (interrupted)."""
-    plan = plan_search(argv)
-    preflight(plan)
+    """Help, config, dry run, or plan + preflight + run + summary; exit 0, 1 (every trial failed), 2 (bad input),
+    130/143 (interrupted)."""
+    line = read_command_line(argv)
+    if line.mode == "help":
+        print(render_help(compose_config(line.overrides)), end="")
+        return 0
+    if line.mode == "cfg":
+        cfg = compose_config(line.overrides)
+        validate(cfg)
+        print(render_cfg_job(resolve_paths(cfg)), end="")
+        return 0
+    plan = plan_search(line.overrides)
+    from search.quiet import quiet_libraries
+
+    quiet_libraries(plan.cfg["verbose"])  # before MLflow is imported and anything starts (Ray, a study, a store)
+    sources = preflight(plan)
+    if plan.cfg["dry_run"]:
+        from search.dry_run import describe
+
+        if all(s == "file" for s in sources.values()):
+            check_gpu_packing(plan)  # the probe needs the teachers' weights; otherwise it runs before the search
+        print(describe(plan, sources), end="")
+        print(f"start it: {start_command(line.overrides)}")
+        return 0
     log.info("search %s: space=%s profile=%s, %d trials (%d at once), scheduler=%s, storage=%s",
              plan.name, plan.space.name, plan.profile, plan.num_samples, plan.max_concurrent,
              plan.scheduler, plan.experiment_path)
@@ -233,10 +288,8 @@ def main(argv: list[str]) -> int:
     print(summary_table(results, metric, plan.cfg["top_k"]))
     if failed and not stopped_by:
         print(f"{len(failed)} trial(s) failed; see their MLflow runs (tag rslad.error)")
-    if plan.cfg["tracking"]["enabled"]:
-        print(f"\nbrowse: mlflow ui --backend-store-uri {plan.cfg['tracking']['uri']} --host 127.0.0.1 "
-              f"--port 5000   (experiment '{plan.name}')")
-    print(f"{'continue it with' if stopped_by else 'resume'}: {resume_command(argv, plan.name)}")
+    print("\n" + "\n".join(browse_lines(plan)))
+    print(f"{'continue it with' if stopped_by else 'resume'}: {resume_command(line.overrides, plan.name)}")
     if stopped_by:
         return interrupt.exit_code()
     return 1 if failed and len(failed) == len(results) else 0

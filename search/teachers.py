@@ -228,9 +228,44 @@ def register_teacher(name: str, path: Path, train: dict[str, Any], meta: dict, t
     return version.version
 
 
+def describe_teachers(names: list[str], todo: list[str], cfg: dict[str, Any]) -> str:
+    """What `python -m search.teachers dry_run=true` prints: each teacher, trained or kept, and where."""
+    resources = trial_resources(cfg)
+    epochs = cfg["teachers"]["epochs"] or cfg["train"]["epochs"]
+    lines = [f"teachers of {cfg['train']['dataset']} (dry run: nothing was started or written)"]
+    for name in names:
+        spec = get_teacher(name)
+        path = default_checkpoint_path(name, cfg["train"]["teachers_dir"])
+        what = (f"trained: {spec.arch}, {spec.method}, eps {spec.eps:g}, {epochs} epochs" if name in todo
+                else "kept: weights exist (teachers.retrain=true trains it again)")
+        lines.append(f"  {name}: {what} -> {path}")
+    if todo:
+        at_once = cfg["max_concurrent"] or len(todo)
+        lines.append(f"  {len(todo)} trial(s), {at_once} at once, each {resources['cpu']:g} CPU and "
+                     f"{resources['gpu']:g} GPU; Ray results in {cfg['storage']}")
+        lines.append("  registered in MLflow at " + (cfg["tracking"]["uri"] if cfg["tracking"]["enabled"]
+                                                      else "(nowhere: tracking.enabled=false)"))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
-    """Train the named (or every trainable) teacher of the profile's dataset."""
-    cfg = resolve_paths(compose_config(argv))
+    """Train the named (or every trainable) teacher of the profile's dataset; --help, --cfg job and dry_run=true
+    answer without training."""
+    from search.help import read_command_line, render_cfg_job, render_help
+    from search.keys import validate
+    from search.quiet import quiet_libraries
+
+    line = read_command_line(argv)
+    if line.mode == "help":
+        print(render_help(compose_config(line.overrides), command="search.teachers"), end="")
+        return 0
+    composed = compose_config(line.overrides)
+    validate(composed)
+    cfg = resolve_paths(composed)
+    if line.mode == "cfg":
+        print(render_cfg_job(cfg), end="")
+        return 0
+    quiet_libraries(cfg["verbose"])
     dataset = cfg["train"]["dataset"]
     names = list(cfg["teachers"]["names"]) or [n for n in TEACHERS.names()
                                                 if get_teacher(n).dataset == dataset and get_teacher(n).source == "trained"]
@@ -239,6 +274,9 @@ def main(argv: list[str]) -> int:
     check_local_resources(cfg)
     check_creatable(Path(cfg["storage"]), f"storage={cfg['storage']}")
     todo = [n for n in names if cfg["teachers"]["retrain"] or not default_checkpoint_path(n, cfg["train"]["teachers_dir"]).exists()]
+    if cfg["dry_run"]:
+        print(describe_teachers(names, todo, cfg), end="")
+        return 0
     if not todo:
         print(f"every teacher already has weights in {cfg['train']['teachers_dir']}: {', '.join(names)} (teachers.retrain=true to train again)")
         return 0

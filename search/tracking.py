@@ -10,6 +10,14 @@ Across faults: a stop signal leaves the parent and the unfinished trials' runs K
 the resume); a trial restored from an older checkpoint does not log the epochs it repeats; a resumed
 search writes to the tracking URI of the command that resumes it; a SQLite store keeps artifacts in
 `mlartifacts/` beside the database file, not in the working directory.
+
+What the UI shows (MLflow 3): the experiment is tagged as model development and carries a stored
+runs view (search.mlflow_view: searched params, best_val_pgd_acc, status columns, every run
+listed best first); each trial's run is named after its searched values and trial id,
+with how it ended appended (`alpha_ratio=5 · 75cf6ae3 · stopped 2/8`); the parent logs the
+same metric names as its trials (the winner's best_val_pgd_acc, best_val_clean_acc, best_epoch)
+and the winner's searched values as `winner.<param>` tags, which a resume may update (params
+could not change once logged).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 from ray import tune
 
 from search import interrupt
+from search.mlflow_view import experiment_tags, runs_view
 from trainables.paths import SQLITE
 from trainables.ray_adapter import FAILED, RESTORE_WARNING
 
@@ -32,10 +41,14 @@ log = logging.getLogger(__name__)
 # What the trainable reports that belongs in MLflow (Ray adds timestamps, pids, config/*...).
 METRIC_KEYS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_val_clean_acc", "best_epoch",
                "schedule_pct", "epoch_time_s", "images_per_s", "rsl_cache_computed", "rsl_cache_reused",
-               "gpu_mem_peak_gb", "gpu_mem_reserved_gb")
+               "gpu_mem_peak_gb", "gpu_mem_reserved_gb", "gpu_util_pct")
 ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
 SEARCH_ID, STORAGE, EPOCHS_RUN = "rslad.search_id", "rslad.storage", "rslad.epochs_run"
 ARTIFACTS_DIR = "mlartifacts"
+WINNER_PREFIX = "winner."
+NAME_SEP = " · "
+MAX_RUN_NAME = 250  # MLflow's limit on run names
+ENDINGS = {"finished": "finished", "stopped_early": "stopped", "failed": "failed", "interrupted": "interrupted"}
 
 # The tracking URI and parent tags of the command now running, by experiment. Tune unpickles callbacks
 # from the search's storage on resume; the restored tracker must write where the CURRENT command says.
@@ -93,6 +106,29 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     return params
 
 
+def searched_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched params of a trial's config (everything but the train and trial blocks)."""
+    return {k: v for k, v in config.items() if k not in ("train", "trial")}
+
+
+def short_value(value: Any) -> str:
+    """A param value as the console and run names show it (4 significant digits for floats)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_name(trial: Any, status: str | None = None) -> str:
+    """'alpha_ratio=5 · 75cf6ae3', with how the trial ended appended ('· stopped 2/8', '· failed')."""
+    params = " ".join(f"{k}={short_value(v)}" for k, v in sorted(searched_values(trial.config).items()))
+    name = f"{params}{NAME_SEP}{trial.trial_id}" if params else f"trial{NAME_SEP}{trial.trial_id}"
+    if status in ENDINGS:
+        ending = ENDINGS[status]
+        if status == "stopped_early":
+            ending += f" {int((trial.last_result or {}).get('epoch', 0))}/{int(trial.config['train']['epochs'])}"
+        suffix = f"{NAME_SEP}{ending}"
+        name = name[:MAX_RUN_NAME - len(suffix)] + suffix
+    return name[:MAX_RUN_NAME]
+
+
 def trial_status(trial: Any) -> str:
     """failed (flagged by the trainable), finished (whole schedule) or stopped_early (cut by the scheduler)."""
     last = trial.last_result or {}
@@ -106,8 +142,9 @@ class MLflowTracker(tune.Callback):
     """A Tune callback that records the search in MLflow, idempotently across restores."""
 
     def __init__(self, tracking_uri: str, experiment: str, parent_tags: dict[str, str],
-                 parent_params: dict[str, str], artifacts: dict[str, str]) -> None:
+                 parent_params: dict[str, str], artifacts: dict[str, str], searched: list[str] | None = None) -> None:
         self.tracking_uri = tracking_uri
+        self.searched = list(searched or [])  # the space's param names: the runs view's columns
         self.experiment = experiment
         self.parent_tags = parent_tags
         self.parent_params = parent_params
@@ -144,7 +181,7 @@ class MLflowTracker(tune.Callback):
     def setup(self, **info: Any) -> None:
         """Find or create the experiment and its parent run (reopened on resume)."""
         self.parent_id = ensure_parent_run(self.client, self.experiment, self.tracking_uri, self.parent_tags,
-                                           self.parent_params, self.artifacts)
+                                           self.parent_params, self.artifacts, self.searched)
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if not self._started:  # the first step: what a resume restored as already ended
@@ -155,9 +192,9 @@ class MLflowTracker(tune.Callback):
         """Close the parent run: FINISHED with the best trial's numbers, or KILLED when the driver was stopped."""
         stopped_by = interrupt.received()
         self._close_children(trials, stopped_by)
-        self._finish_parent(trials, "KILLED" if stopped_by else "FINISHED")
         if stopped_by:
             self.client.set_tag(self.parent_id, "rslad.interrupted", stopped_by)
+        self._finish_parent(trials, "KILLED" if stopped_by else "FINISHED")
 
     def _close_children(self, trials: list, stopped_by: str | None) -> None:
         """No child run stays RUNNING: ended trials (also those a resume restored as ended) say how they
@@ -178,6 +215,7 @@ class MLflowTracker(tune.Callback):
             self._runs[trial.trial_id] = run.info.run_id
             if stopped_by and trial.trial_id not in ended:
                 self.client.set_tag(run.info.run_id, STATUS, "interrupted")
+                self.client.update_run(run.info.run_id, name=run_name(trial, "interrupted"))
                 self.client.set_terminated(run.info.run_id, "KILLED")
             elif str(trial.status) == "ERROR":
                 self.on_trial_error(0, trials, trial)
@@ -185,15 +223,28 @@ class MLflowTracker(tune.Callback):
                 self.on_trial_complete(0, trials, trial)
 
     def _finish_parent(self, trials: list, status: str) -> None:
+        """The winner's numbers under the trials' own metric names, its searched values as tags, the counts."""
+        from mlflow.entities import Metric, RunTag
+
         metric = self.parent_tags.get("rslad.metric", "val_pgd_acc")
-        scored = [t for t in trials if t.last_result and f"best_{metric}" in t.last_result]
+        scored = [t for t in trials if t.last_result and f"best_{metric}" in t.last_result
+                  and not t.last_result.get(FAILED)]
         if scored:
             best = max(scored, key=lambda t: t.last_result[f"best_{metric}"])
-            self.client.set_tag(self.parent_id, "rslad.best_trial", best.trial_id)
-            self.client.log_metric(self.parent_id, f"best/{metric}", best.last_result[f"best_{metric}"])
-            # Clean accuracy at the best trial's best epoch, not its last one.
-            self.client.log_metric(self.parent_id, "best/val_clean_acc",
-                                   best.last_result.get("best_val_clean_acc", float("nan")))
+            now = int(time.time() * 1000)
+            # best_val_clean_acc is the clean accuracy at the winner's best epoch, not its last one.
+            numbers = {k: best.last_result[k] for k in (f"best_{metric}", "best_val_clean_acc", "best_epoch")
+                       if k in best.last_result}
+            values = searched_values(best.config)
+            tags = [RunTag("rslad.best_trial", best.trial_id)] + [
+                RunTag(f"{WINNER_PREFIX}{k}", str(v)) for k, v in values.items()]
+            self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
+                                  tags=tags)
+            # A resumed search's new winner may lack a conditional param the old one had.
+            old = self.client.get_run(self.parent_id).data.tags
+            for key in (f"{WINNER_PREFIX}{k}" for k in self.searched if k not in values):
+                if key in old:
+                    self.client.delete_tag(self.parent_id, key)
         counts: dict[str, int] = {}
         for t in trials:
             state = trial_status(t) if str(t.status) == "TERMINATED" else str(t.status)
@@ -203,7 +254,8 @@ class MLflowTracker(tune.Callback):
         for key in ("rsl_cache_computed", "rsl_cache_reused"):
             values = [t.last_result[key] for t in trials if t.last_result and key in t.last_result]
             if values:
-                self.client.log_metric(self.parent_id, f"search/{key}", float(sum(values)))
+                self.client.log_metric(self.parent_id, key, float(sum(values)))  # summed over the trials
+        self.client.set_tag(self.parent_id, STATUS, "interrupted" if status == "KILLED" else "finished")
         self.client.set_terminated(self.parent_id, status)
 
     # --- children ------------------------------------------------------------------------
@@ -222,12 +274,12 @@ class MLflowTracker(tune.Callback):
         found = self._find_run(trial)
         if found is not None:
             run_id = found.info.run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.client.update_run(run_id, status="RUNNING", name=run_name(trial))
             # Epochs a resumed trial repeats (from an older checkpoint) are not logged twice.
             self._last_step[trial.trial_id] = int(found.data.tags.get(EPOCHS_RUN, 0))
         else:
             run = self.client.create_run(
-                self.client.get_run(self.parent_id).info.experiment_id, run_name=f"trial-{trial.trial_id}",
+                self.client.get_run(self.parent_id).info.experiment_id, run_name=run_name(trial),
                 tags={"mlflow.parentRunId": self.parent_id, ROLE: "trial", SEARCH: self.experiment,
                       TRIAL_ID: trial.trial_id, STATUS: "running"})
             run_id = run.info.run_id
@@ -270,6 +322,7 @@ class MLflowTracker(tune.Callback):
         self.client.set_tag(run_id, STATUS, status)
         if status == "failed":
             self.client.set_tag(run_id, "rslad.error", str(trial.last_result[FAILED])[:4000])
+        self.client.update_run(run_id, name=run_name(trial, status))
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -277,6 +330,7 @@ class MLflowTracker(tune.Callback):
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, STATUS, "failed")
         self.client.set_tag(run_id, "rslad.error", error_summary(trial))
+        self.client.update_run(run_id, name=run_name(trial, "failed"))
         self.client.set_terminated(run_id, "FAILED")
 
 
@@ -290,21 +344,33 @@ def error_summary(trial: Any) -> str:
 
 
 def ensure_parent_run(client: Any, experiment: str, tracking_uri: str, tags: dict[str, str],
-                      params: dict[str, str], artifacts: dict[str, str]) -> str:
-    """The search's parent run: reopened when it exists (resume), else created with params and artifacts."""
+                      params: dict[str, str], artifacts: dict[str, str], searched: list[str] = ()) -> str:
+    """The search's parent run (reopened when it exists: resume, else created with params and artifacts), and the
+    experiment tags that make MLflow's UI open the search as model development on its runs view."""
     exp_tags = {k: tags[k] for k in (SEARCH_ID, STORAGE) if k in tags}
     exp_id = get_or_create_experiment(client, experiment, tracking_uri, exp_tags)
+    run_id = _parent_run(client, exp_id, experiment, tags, exp_tags, params, artifacts)
+    view = runs_view(searched, tags.get("rslad.metric", "val_pgd_acc"))
+    for key, value in experiment_tags(view).items():
+        client.set_experiment_tag(exp_id, key, value)
+    return run_id
+
+
+def _parent_run(client: Any, exp_id: str, experiment: str, tags: dict[str, str], exp_tags: dict[str, str],
+                params: dict[str, str], artifacts: dict[str, str]) -> str:
     found = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{experiment}'",
                                max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "rslad.resumed", "true")
+        client.set_tag(run_id, STATUS, "running")
         for key, value in exp_tags.items():  # where the search lives now (a resume may name other storage)
             client.set_tag(run_id, key, value)
             client.set_experiment_tag(exp_id, key, value)
         return run_id
-    run = client.create_run(exp_id, run_name=experiment, tags={**tags, ROLE: "search", SEARCH: experiment})
+    run = client.create_run(exp_id, run_name=experiment, tags={**tags, ROLE: "search", SEARCH: experiment,
+                                                                STATUS: "running"})
     from mlflow.entities import Param
 
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])

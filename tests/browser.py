@@ -64,9 +64,12 @@ def serve(command: Sequence[str], url: str, log: Path, timeout_s: float = 120, e
                 os.killpg(proc.pid, 9)
 
 
-def screenshot(url: str, png: Path, *, size: tuple[int, int] = (1400, 900), budget_ms: int = 15000,
-               browser: str | None = None) -> Path:
-    """Load `url` in headless Chromium (a throwaway profile, no network beyond it) and save a PNG."""
+def screenshot(url: str, png: Path, *, size: tuple[int, int] = (1400, 900), scale: float = 1.0,
+               budget_ms: int = 15000, browser: str | None = None) -> Path:
+    """Load `url` in headless Chromium (a throwaway profile, no network beyond it) and save a `size` PNG.
+
+    scale < 1 zooms out: the page is laid out in a window of size / scale and drawn at `scale`.
+    """
     browser = browser or find_chromium()
     if browser is None:
         raise FileNotFoundError(f"no Chromium found; install one with `{INSTALL}`")
@@ -74,7 +77,8 @@ def screenshot(url: str, png: Path, *, size: tuple[int, int] = (1400, 900), budg
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                        f"--user-data-dir={profile}", f"--force-device-scale-factor={scale}",
+                        f"--window-size={round(size[0] / scale)},{round(size[1] / scale)}",
                         f"--virtual-time-budget={budget_ms}", f"--screenshot={png}", url],
                        capture_output=True, timeout=180, check=True)
     return png

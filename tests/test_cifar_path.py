@@ -146,12 +146,16 @@ def cifar_search(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join([str(work / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     uri = f"sqlite:///{work / 'mlruns.db'}"
+    command = [sys.executable, "-m", "search.run", "space=alpha", "profile=paper", f"name={NAME}",
+               "num_samples=2", "max_concurrent=2", "ray.num_cpus=2", "train.epochs=1", "train.train_subset=16",
+               "train.val_size=8", "train.batch_size=8", "train.val_batch_size=8",
+               f"train.data_dir={work / 'data'}", f"train.teachers_dir={work / 'teachers'}",
+               f"storage={work / 'ray_results'}", f"tracking.uri={uri}"]
+    before = sorted(work.rglob("*"))
+    plan = run([*command, "dry_run=true"], work, env, timeout=300)
+    assert sorted(work.rglob("*")) == before, "the dry run wrote something"
     start = time.monotonic()
-    search = run([sys.executable, "-m", "search.run", "space=alpha", "profile=paper", f"name={NAME}",
-                  "num_samples=2", "max_concurrent=2", "ray.num_cpus=2", "train.epochs=1", "train.train_subset=16",
-                  "train.val_size=8", "train.batch_size=8", "train.val_batch_size=8",
-                  f"train.data_dir={work / 'data'}", f"train.teachers_dir={work / 'teachers'}",
-                  f"storage={work / 'ray_results'}", f"tracking.uri={uri}"], work, env, timeout=600)
+    search = run(command, work, env, timeout=600)
     searched = time.monotonic()
     model_files = sorted((work / "ray_results").rglob("*_model.pt"))
     assert len(model_files) == 4, model_files  # best and last of each trial
@@ -159,7 +163,16 @@ def cifar_search(tmp_path_factory):
     final = run([sys.executable, "-m", "analysis.finalize", f"name={NAME}", "top_k=1", "aa.n=1", "device=cpu",
                  f"tracking.uri={uri}"], work, env, timeout=600)
     print(f"\nCIFAR path: search {searched - start:.0f} s, finalize {time.monotonic() - searched:.0f} s")
-    return {"work": work, "uri": uri, "search": search, "finalize": final}
+    return {"work": work, "uri": uri, "plan": plan, "search": search, "finalize": final}
+
+
+def test_the_dry_run_found_the_cifar10_files_and_the_teacher(cifar_search):
+    work = cifar_search["work"]
+    flat = " ".join(cifar_search["plan"].stdout.split())
+    assert f"data cifar10 in {work / 'data'} (files and checksums verified)" in flat
+    assert f"teachers wrn34_10_trades: {work / 'teachers' / 'wrn34_10_trades.pt'} (found; loads)" in flat
+    # 1-epoch trials reach every ASHA rung at their only epoch: each runs its whole schedule
+    assert "trial-epochs ~2 expected with ASHA on schedule_pct" in flat and "(2 x 1 epoch per trial)" in flat
 
 
 def test_paper_profile_search_trains_resnet18_from_wrn34_10_on_cifar10_files(cifar_search):

@@ -13,12 +13,12 @@ from search.console import (
     LiveConsole,
     Snapshot,
     TrialRow,
-    asha_expected_trial_epochs,
     clock,
     eta_seconds,
     render,
     row_of,
 )
+from search.plan import asha_expected_trial_epochs
 from search.tracking import trial_status
 
 
@@ -97,6 +97,18 @@ def test_asha_expectation_by_hand():
     # paper alpha: grace 25 %, factor 3 -> rungs 25, 75: 25 + 50/3 + 25/9 = 44.44 % of 16 x 300
     assert asha_expected_trial_epochs(16, 300, 25, 3) == round(16 * 300 * (25 + 50 / 3 + 25 / 9) / 100)
     assert asha_expected_trial_epochs(4, 10, 100, 3) == 40  # no rung below max_t: every trial runs
+    # a rung is judged at the first epoch that reaches it: 1-epoch trials all run their epoch; 6 epochs, rungs
+    # 25 % and 75 % -> epochs 2 and 5: 2 * 2/3 + 5 * 2/9 + 6 * 1/9 = 3.11 epochs a trial
+    assert asha_expected_trial_epochs(2, 1, 25, 3) == 2
+    assert asha_expected_trial_epochs(9, 6, 25, 3) == 28
+
+
+def test_expected_trial_epochs_of_the_paper_spaces():
+    from search.plan import expected_trial_epochs, plan_search
+
+    expected = {"alpha": (4800, 2133), "joint": (14400, 6400), "teacher": (1800, 800), "rsl_source": (1200, 533),
+                "epochs": (600, 267), "method": (2200, 2200)}
+    assert {s: expected_trial_epochs(plan_search([f"space={s}"])) for s in expected} == expected
 
 
 # --- the callback with fake Tune trials -------------------------------------------------------------------
@@ -216,3 +228,17 @@ def test_a_log_line_on_a_terminal_clears_the_block_which_is_drawn_again_below_it
     assert out.getvalue().endswith("\n") and "2/4" in out.getvalue()[len(block):]
     console.on_experiment_end([trial])
     assert not any(type(h).__name__ == "_ClearBeforeLog" for h in logging.getLogger().handlers)
+
+
+def test_a_failed_trial_and_a_restore_warning_reach_the_log_at_once(caplog):
+    import logging
+
+    console = LiveConsole("s", "val_pgd_acc", 2, log_every_s=3600, stream=io.StringIO(), tty=False)
+    trial = FakeTrial("t1")
+    with caplog.at_level(logging.WARNING, logger="search"):
+        console.on_trial_result(0, [trial], trial, {**trial.report(2, 0.3), "restore_warning": "checkpoint x (torn)"})
+        trial.status = "TERMINATED"
+        trial.last_result = {"epoch": 2, "val_pgd_acc": float("nan"), "failed_reason": "non-finite training loss"}
+        console.on_trial_complete(0, [trial], trial)
+    assert [r.getMessage() for r in caplog.records] == [
+        "trial t1: checkpoint x (torn)", "trial t1 failed (not retried): non-finite training loss"]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -65,7 +69,7 @@ def test_validate_accepts_the_defaults_and_refuses_bad_values_in_one_line(paper)
     validate(paper)
     validate({**paper, "num_samples": 4, "trial": {**paper["trial"], "gpus": 0.25}})
     cases = {
-        ("num_samples", 0): "num_samples=0 out of range; allowed: >= 1",
+        ("num_samples", 0): "num_samples=0 must be an integer >= 1",
         ("num_samples", "abc"): "num_samples='abc' must be an integer",
         ("num_samples", True): "num_samples=True must be an integer",
         ("scheduler", "hyperband"): "scheduler='hyperband' is not allowed; allowed: asha, none",
@@ -76,7 +80,7 @@ def test_validate_accepts_the_defaults_and_refuses_bad_values_in_one_line(paper)
         with pytest.raises(SearchInputError) as err:
             validate({**paper, key: value})
         assert str(err.value) == message and "\n" not in str(err.value)
-    with pytest.raises(SearchInputError, match=r"trial.gpus=-1 out of range; allowed: >= 0"):
+    with pytest.raises(SearchInputError, match=r"trial.gpus=-1 must be a number >= 0"):
         validate({**paper, "trial": {**paper["trial"], "gpus": -1}})
     with pytest.raises(SearchInputError, match=r"teachers.names=\['a', 1\] must be a list of names"):
         validate({**paper, "teachers": {**paper["teachers"], "names": ["a", 1]}})
@@ -123,3 +127,97 @@ def test_forms_without_effect_are_refused_in_one_line_that_recommends_nothing_re
     assert message in text and "\n" not in text
     assert "add --multirun" not in text and "use +" not in text
     assert "hydra." not in text.replace(argv[0].split("=")[0], "")
+
+
+# --- the real commands: --help, --cfg job, dry_run=true and a refusal, none of which starts Ray or writes -----
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def places(tmp_path) -> dict[str, Path]:
+    """An empty working folder, HOME and Ray temp folder of a command (Ray would create its session folder there)."""
+    out = {k: tmp_path / k for k in ("work", "home", "raytmp")}
+    for folder in out.values():
+        folder.mkdir()
+    return out
+
+
+def cli(places: dict[str, Path], *args: str, module: str = "search.run") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(places["home"]), "RAY_TMPDIR": str(places["raytmp"])}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=places["work"], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def assert_nothing_started_or_written(places: dict[str, Path]) -> None:
+    assert {k: tree(v) for k, v in places.items()} == {"work": [], "home": [], "raytmp": []}
+
+
+def test_help_of_the_real_commands_lists_every_key(places):
+    for module, flag in (("search.run", "--help"), ("search.teachers", "-h")):
+        proc = cli(places, "profile=smoke", flag, module=module)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert proc.stdout.startswith(f"usage: python -m {module} [key=value ...]")
+        rows = help_rows(proc.stdout)
+        assert all(key.name in rows for key in KEYS)
+        assert rows["dry_run"] == "false" and rows["verbose"] == "false" and rows["optuna.storage"] == "''"
+        assert rows["train.epochs"] == "8"  # the smoke profile's
+    assert_nothing_started_or_written(places)
+
+
+def test_a_dry_run_prints_the_plan_without_starting_ray_or_writing(places):
+    proc = cli(places, "space=alpha", "profile=smoke", "name=d1", "dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    work = places["work"]
+    assert out.startswith("search d1: the plan (dry run: nothing was started or written)\n")
+    assert out.endswith("\nstart it: python -m search.run space=alpha profile=smoke name=d1\n")
+    # 100 columns, unless a path alone is longer (paths are not broken, so they can be copied)
+    assert all(len(line) <= 100 or len(max(line.split(), key=len)) > 60 for line in out.splitlines()[:-1])
+    flat = " ".join(out.split())  # long entries wrap at 100 columns
+    for text in ("searched alpha_ratio: loguniform 0.1 <= value <= 10.0 -> train.alpha (ratio_to_fraction)",
+                 "trials 8, 2 at once; scheduler asha; Optuna TPE seed 0",
+                 "trial-epochs ~32 expected with ASHA on schedule_pct",  # 8 trials x 8 epochs x 50 %
+                 "64 if every trial ran its schedule (8 x 8 epochs per trial)",
+                 f"teachers digits_cnn_medium_trades: missing, trained before the search (8 epochs, "
+                 f"teachers.auto_train=true) -> {work}/teachers/digits_cnn_medium_trades.pt",
+                 f"storage {work}/ray_results/d1 (Ray state, trial checkpoints)",
+                 f"tracking sqlite:///{work}/mlruns.db (MLflow experiment 'd1')",
+                 f"study sqlite:///{work}/optuna.db (Optuna study 'd1')"):
+        assert text in flat, text
+    assert_nothing_started_or_written(places)
+
+
+def test_a_key_without_effect_is_refused_by_the_real_command_in_one_line(places):
+    proc = cli(places, "space=alpha", "profile=smoke", "+foo=1")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["error: '+foo=1' adds or removes a key, which the search would ignore; "
+                                        "set existing keys with key=value (see --help)"]
+    assert_nothing_started_or_written(places)
+
+
+def test_cfg_job_and_dry_runs_in_process_leave_ray_unstarted(tmp_path, monkeypatch, capsys):
+    import ray
+
+    from search.errors import run_cli
+    from search.run import main
+    from search.teachers import main as teachers_main
+
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--cfg", "job", "profile=smoke", "dry_run=true"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["dry_run"] is True and cfg["optuna"] == {"storage": ""} and cfg["storage"] == f"{tmp_path}/ray_results"
+    assert run_cli(main, ["space=method", "profile=smoke", "dry_run=true"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    # the recipes run 3, 5 or 8 epochs (SAT's, ARD's and RSLAD's schedules scaled to the smoke profile)
+    assert "trial-epochs 59 (10 trials x 5.9 epochs per trial on average; scheduler none: every trial runs to its " \
+           "end)" in flat
+    assert run_cli(teachers_main, ["profile=smoke", "teachers.names=[digits_cnn_small_trades]", "dry_run=true"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "teachers of digits (dry run: nothing was started or written)",
+        f"  digits_cnn_small_trades: trained: cnn_small, trades, eps 0.1, 8 epochs -> "
+        f"{tmp_path}/teachers/digits_cnn_small_trades.pt"]
+    assert not ray.is_initialized() and list(tmp_path.iterdir()) == []

@@ -1,7 +1,9 @@
 """Screenshots of MLflow's UI (and optuna-dashboard, when installed) on a real smoke search, in headless Chromium.
 
-Set RSLAD_SCREENSHOTS=<folder> (e.g. docs/img) to keep the PNGs; otherwise they go to pytest's
-temporary folder. The browser tests skip when no Chromium is installed.
+Set RSLAD_SCREENSHOTS=<folder> (e.g. docs/img) to keep the PNGs (the README's images); otherwise they
+go to pytest's temporary folder. The browser tests skip when no Chromium is installed, the dashboard
+test when optuna-dashboard is not on PATH (or in $OPTUNA_DASHBOARD). The MLflow pages open on what
+the search's tracker wrote itself: the experiment tags and the runs URL the command prints.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ from search.mlflow_view import KIND_TAG, experiment_tags, runs_url, runs_view
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "alpha-shots"
-SIZE = (2000, 800)  # wide enough for the params and status columns beside the metrics
+SIZE = (1400, 900)  # pixels of each PNG
+SCALE = 0.8  # laid out in a 1750 x 1125 window, drawn at 80 %: the whole runs table beside MLflow's Assistant panel
 
 
 # --- the view the UI opens on (no browser needed) -------------------------------------------------------
 def test_runs_view_shows_searched_params_best_metric_and_status_best_first():
-    view = runs_view(["alpha_ratio", "teacher"], "val_pgd_acc", parent_run_id="abc")
-    assert view["selectedColumns"][:3] == ["params.`search.alpha_ratio`", "params.`search.teacher`",
-                                           "metrics.`best_val_pgd_acc`"]
-    assert "tags.`rslad.status`" in view["selectedColumns"]
+    view = runs_view(["alpha_ratio", "teacher"], "val_pgd_acc")
+    assert view["selectedColumns"] == ["params.`search.alpha_ratio`", "params.`search.teacher`",
+                                       "metrics.`best_val_pgd_acc`", "metrics.`best_val_clean_acc`",
+                                       "tags.`rslad.status`"]
+    # sorted by a metric, MLflow lists every run flat (it nests trials, collapsed, only in start-time order)
     assert view["orderByKey"] == "metrics.`best_val_pgd_acc`" and view["orderByAsc"] is False
-    assert view["runsExpanded"] == {"abc": True}
     tags = experiment_tags(view)
     assert tags[KIND_TAG] == "custom_model_development" and json.loads(tags["mlflow.sharedViewState.rslad"]) == view
     with pytest.raises(ValueError, match="does not fit an MLflow tag"):
@@ -57,22 +60,20 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory) -> dict:
-    """`python -m search.run space=alpha profile=smoke` on 2 trials of 2 epochs (teacher trained first)."""
+    """`python -m search.run space=alpha profile=smoke` on 4 trials of 4 epochs (teacher trained first, 2 epochs)."""
     folder = tmp_path_factory.mktemp("shots-search")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(folder), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "search.run", "space=alpha", "profile=smoke", f"name={NAME}",
-                           "num_samples=2", "train.epochs=2", "teachers.epochs=2"], cwd=folder, env=env,
+                           "num_samples=4", "train.epochs=4", "teachers.epochs=2"], cwd=folder, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{folder}/mlruns.db"
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(NAME)
-    parent = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("rslad.role") == "search")
-    # What the tracker should write (see search/mlflow_view.py); set here until it does.
-    for key, value in experiment_tags(runs_view(["alpha_ratio"], "val_pgd_acc", parent.info.run_id)).items():
-        client.set_experiment_tag(exp.experiment_id, key, value)
+    exp = MlflowClient(uri).get_experiment_by_name(NAME)
+    # The tracker tagged the experiment itself; the command printed the URL of its runs table.
+    assert exp.tags[KIND_TAG] == "custom_model_development" and "mlflow.sharedViewState.rslad" in exp.tags
+    assert f"then open {runs_url('http://127.0.0.1:5000', exp.experiment_id)}" in proc.stdout
     return {"folder": folder, "uri": uri, "experiment_id": exp.experiment_id, "env": env}
 
 
@@ -91,8 +92,10 @@ def test_mlflow_ui_screenshots_of_the_landing_page_and_the_runs_table(search, sh
     mlflow = Path(sys.executable).parent / "mlflow"
     command = [str(mlflow), "ui", "--backend-store-uri", search["uri"], "--host", "127.0.0.1", "--port", str(port)]
     with serve(command, f"{ui}/health", tmp_path / "mlflow-ui.log", timeout_s=180, env=search["env"]):
-        landing = screenshot(f"{ui}/#/experiments/{search['experiment_id']}", shots / "mlflow-landing.png", size=SIZE)
-        runs = screenshot(runs_url(ui, search["experiment_id"]), shots / "mlflow-runs.png", size=SIZE)
+        # The plain experiment link (GenAI overview) only to compare with: not one of the README's images.
+        landing = screenshot(f"{ui}/#/experiments/{search['experiment_id']}", tmp_path / "mlflow-landing.png",
+                             size=SIZE, scale=SCALE)
+        runs = screenshot(runs_url(ui, search["experiment_id"]), shots / "mlflow-runs.png", size=SIZE, scale=SCALE)
     first, second = assert_real_page(landing), assert_real_page(runs)
     assert np.abs(first - second).mean() > 0.01  # the runs table is not the landing page
 
@@ -102,10 +105,9 @@ def test_mlflow_ui_screenshots_of_the_landing_page_and_the_runs_table(search, sh
 def test_optuna_dashboard_screenshot_of_the_study(search, shots, tmp_path):
     dashboard = os.environ.get("OPTUNA_DASHBOARD") or shutil.which("optuna-dashboard")
     if not dashboard:
-        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard; not a project dependency)")
-    db = search["folder"] / "optuna.db"
-    if not db.is_file():
-        pytest.skip("the search wrote no optuna.db: the driver does not use search.optuna_study.StudySearch yet")
+        pytest.skip("optuna-dashboard is not installed (pip install -e '.[dashboard]')")
+    db = search["folder"] / "optuna.db"  # beside mlruns.db, where the search keeps its study
+    assert db.is_file()
     import optuna
 
     study_id = optuna.load_study(study_name=NAME, storage=f"sqlite:///{db}")._study_id
@@ -113,5 +115,23 @@ def test_optuna_dashboard_screenshot_of_the_study(search, shots, tmp_path):
     url = f"http://127.0.0.1:{port}"
     with serve([dashboard, f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)], f"{url}/dashboard",
                tmp_path / "optuna-dashboard.log", timeout_s=60):
-        png = screenshot(f"{url}/dashboard/studies/{study_id}", shots / "optuna-dashboard.png", size=SIZE)
+        png = screenshot(f"{url}/dashboard/studies/{study_id}", shots / "optuna-dashboard.png", size=SIZE,
+                         scale=SCALE)
     assert_real_page(png)
+
+
+def test_run_names_carry_the_searched_values_and_how_the_trial_ended():
+    from types import SimpleNamespace
+
+    from search.tracking import run_name
+
+    config = {"alpha_ratio": 5.0, "teacher": "wrn34_10_trades", "train": {"epochs": 8}, "trial": {}}
+    trial = SimpleNamespace(trial_id="3f2a1b00", config=config, last_result={"epoch": 2})
+    assert run_name(trial) == "alpha_ratio=5 teacher=wrn34_10_trades · 3f2a1b00"
+    assert run_name(trial, "stopped_early") == "alpha_ratio=5 teacher=wrn34_10_trades · 3f2a1b00 · stopped 2/8"
+    assert run_name(trial, "failed").endswith("· 3f2a1b00 · failed")
+    assert run_name(trial, "running") == run_name(trial)
+    config["alpha_ratio"] = 1.2520653814
+    assert run_name(trial, "finished").startswith("alpha_ratio=1.252 teacher=")
+    long = SimpleNamespace(trial_id="x", config={"p": "v" * 400, "train": {"epochs": 8}}, last_result={})
+    assert len(run_name(long, "interrupted")) == 250 and run_name(long, "interrupted").endswith(" · interrupted")

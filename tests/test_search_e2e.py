@@ -77,6 +77,45 @@ def test_smoke_search_records_parent_and_children_and_asha_stops_some(smoke_sear
     assert c.search_model_versions("name='rslad-teacher-digits_cnn_medium_trades'")
 
 
+def test_smoke_search_opens_on_its_runs_in_mlflow_and_its_study_has_pruned_trials(smoke_search, workdir):
+    import json
+
+    import optuna
+    from optuna.trial import TrialState
+
+    proc, _ = smoke_search
+    c, (parent,), children = runs_of(workdir, "alpha-smoke")
+    exp = c.get_experiment_by_name("alpha-smoke")
+    # MLflow: model development, the stored runs view, and the command's link straight to it
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.rslad"])
+    assert view["selectedColumns"][:2] == ["params.`search.alpha_ratio`", "metrics.`best_val_pgd_acc`"]
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?"
+            "workflowType=machine_learning&viewStateShareKey=rslad") in proc.stdout
+    # the live console's last block (stdout is not a terminal here: blocks are appended)
+    assert "alpha-smoke: 6/6 done (" in proc.stdout and "best val_pgd_acc " in proc.stdout
+    # trial runs named after their searched value, id and ending; the parent with the trials' own metric names
+    for run in children:
+        tags, ratio = run.data.tags, float(run.data.params["search.alpha_ratio"])
+        ending = "finished" if tags["rslad.status"] == "finished" else f"stopped {tags['rslad.epochs_run']}/6"
+        assert run.info.run_name == f"alpha_ratio={ratio:.4g} · {tags['ray.trial_id']} · {ending}"
+    winner = next(r for r in children if r.data.tags["ray.trial_id"] == parent.data.tags["rslad.best_trial"])
+    assert winner.data.metrics["best_val_pgd_acc"] == max(r.data.metrics["best_val_pgd_acc"] for r in children)
+    assert parent.data.metrics["best_val_pgd_acc"] == winner.data.metrics["best_val_pgd_acc"]
+    assert parent.data.metrics["best_val_clean_acc"] == winner.data.metrics["best_val_clean_acc"]
+    assert parent.data.tags["winner.alpha_ratio"] == winner.data.params["search.alpha_ratio"]
+    assert parent.data.tags["rslad.status"] == "finished" and not any("/" in k for k in parent.data.metrics)
+    # Optuna: the study beside the tracking store, one trial per Ray trial, ASHA's stops PRUNED
+    study = optuna.load_study(study_name="alpha-smoke", storage=f"sqlite:///{workdir}/optuna.db")
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    assert sorted(by_ray) == sorted(r.data.tags["ray.trial_id"] for r in children)
+    for run in children:
+        trial = by_ray[run.data.tags["ray.trial_id"]]
+        assert trial.state == {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED}[
+            run.data.tags["rslad.status"]]
+        assert sorted(trial.intermediate_values) == list(range(1, int(run.data.tags["rslad.epochs_run"]) + 1))
+
+
 def test_best_smoke_trial_clearly_beats_a_natural_student(workdir, smoke_search):
     from trainables.config import TrainConfig
     from trainables.loop import fit

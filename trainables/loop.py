@@ -16,6 +16,7 @@ from trainables.attacks import model_mode
 from trainables.config import TrainConfig
 from trainables.data import DeviceLoader, ImageSplits, load_splits
 from trainables.evaluate import accuracy_under
+from trainables.gpu_usage import UtilisationSampler
 from trainables.methods import METHODS
 from trainables.models import build_model
 from trainables.rsl_cache import CUDA_GROUP_IMAGES, CachedTeacher, SoftLabelCache, cache_key, teacher_logits
@@ -52,6 +53,7 @@ class Training:
         self.val_loader = DeviceLoader(s.val_x, s.val_y, batch_size=cfg.val_batch_size, device=self.device,
                                        channels_last=self.channels_last)
         self.rsl_cache = self._soft_label_cache() if self.teacher is not None and cfg.rsl_cache_dir else None
+        self.gpu_usage = UtilisationSampler(self.device)
         self.epoch = 0
         self.best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -math.inf, "metrics": {}, "model": None}
         self.history: list[dict[str, float]] = []
@@ -132,10 +134,12 @@ class Training:
             # Summed on the device: one host sync per epoch instead of one per step.
             total_loss += loss.detach() * len(y)
             seen += len(y)
+            self.gpu_usage.step()
         # Checked once per epoch: a per-step check would wait for the GPU at every step.
         if not torch.isfinite(total_loss):
             raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1} (lr {lr}); lower train.lr")
         train_time = time.perf_counter() - start
+        gpu_util = self.gpu_usage.epoch_mean()  # training steps only, not validation
         self.scheduler.step()
         self.epoch += 1
         val_clean, val_pgd = self.validate()
@@ -158,6 +162,8 @@ class Training:
         if on_cuda:
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             metrics["gpu_mem_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+            if gpu_util is not None:
+                metrics["gpu_util_pct"] = gpu_util
         if val_pgd > self.best["val_pgd_acc"]:
             self.best = {"epoch": self.epoch, "val_pgd_acc": val_pgd, "metrics": dict(metrics),
                          "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}}

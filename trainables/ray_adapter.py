@@ -20,7 +20,7 @@ from trainables.loop import Training
 
 log = logging.getLogger(__name__)
 
-# Keys of a reported result that the driver reads (search/tracking.py, search/progress.py, search/run.py).
+# Keys of a reported result that the driver reads (search/tracking.py, search/console.py, search/run.py).
 FAILED = "failed_reason"
 """Set in the last result of a trial that ended on an error a retry would repeat (a non-finite loss)."""
 RESTORE_WARNING = "restore_warning"

@@ -58,6 +58,7 @@ def test_sigint_then_resume_from_a_torn_checkpoint_keeps_asha_and_every_epoch(tm
     assert listening and listening <= LOOPBACK, f"a local search listens beyond loopback: {listening}"
     out = (tmp_path / "first.log").read_text()
     assert f"search {name} INTERRUPTED by SIGINT: " in out
+    assert "Tuner.restore" not in out  # Tune's own advice (a Python API) is dropped; the command is given below
     resume = [ln for ln in out.splitlines() if ln.startswith("continue it with: python -m search.run ")]
     assert resume and resume[0].endswith(f"name={name} resume=true")
 
@@ -105,6 +106,20 @@ def test_sigint_then_resume_from_a_torn_checkpoint_keeps_asha_and_every_epoch(tm
     assert after[torn_trial].data.tags["rslad.restore_warning"].startswith(f"checkpoint {torn} (")
     # it went on from the checkpoint before the torn one: nothing it had done was lost
     assert int(after[torn_trial].data.tags["rslad.epochs_run"]) >= int(before[torn_trial].data.tags["rslad.epochs_run"])
+    # one Optuna trial per Ray trial across the interruption, ended as the runs say (ASHA's stops PRUNED)
+    import optuna
+
+    from search.optuna_study import ORPHAN_REASON
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    # suggested after the searcher state Tune saved last, never run by Ray: FAIL, not left RUNNING
+    orphans = [t for t in study.trials if t.system_attrs.get("fail_reason") == ORPHAN_REASON]
+    assert all(t.state.name == "FAIL" for t in orphans)
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials if t not in orphans}
+    assert sorted(by_ray) == sorted(after)
+    assert {t: (s.state.name, len(s.intermediate_values)) for t, s in by_ray.items()} == {
+        t: ({"finished": "COMPLETE", "stopped_early": "PRUNED"}[r.data.tags["rslad.status"]],
+            int(r.data.tags["rslad.epochs_run"])) for t, r in after.items()}
 
 
 def test_worker_kill_and_driver_sigkill_then_resume_writes_to_the_current_tracking_uri(tmp_path, trained_teacher):

@@ -261,3 +261,25 @@ def test_the_real_command_refuses_in_seconds(folder):
         f"error: trial.cpus=999 can never run: this machine has {os.cpu_count()} CPUs; allowed: trial.cpus <= "
         f"{os.cpu_count()}"]
     assert list(folder.iterdir()) == []
+
+
+# --- the Optuna study ------------------------------------------------------------------------
+def test_a_new_search_whose_optuna_study_name_exists_is_refused(folder, capsys):
+    import optuna
+
+    url = f"sqlite:///{folder}/optuna.db"
+    optuna.create_study(study_name="taken", storage=url)  # e.g. left from a search whose folders were removed
+    line = refused(["space=alpha", *TINY, "name=taken"], folder, capsys)
+    assert line == (f"an Optuna study named 'taken' already exists in {url}; pick another name= or remove it with "
+                    f"optuna delete-study --study-name taken --storage {url}")
+    refused(["space=alpha", *TINY, "name=free", f"optuna.storage={folder}/x.db"], folder, capsys)  # not a URL
+    assert not (folder / "x.db").exists()
+
+
+def test_resume_of_a_search_started_with_an_in_memory_study_is_refused(folder, capsys):
+    saved = fake_search(folder, ["space=alpha", *TINY, "name=old"])
+    del saved[record.STUDY]  # what the previous version wrote (format 1)
+    record.write(str(folder / "ray_results" / "old"), {**saved, "format": 1})
+    line = refused(["space=alpha", *TINY, "name=old", "resume=true"], folder, capsys)
+    assert line.startswith(f"resume=true: search 'old' at {folder}/ray_results/old was started by an earlier "
+                           "version of rslad-search (Optuna study in memory) that this version cannot resume")

@@ -114,16 +114,16 @@ def test_rung_records_survive_a_resume_and_keep_judging_trials():
 def test_a_flagged_failure_reaches_optuna_as_fail_not_as_a_score():
     import optuna
 
-    from search.searcher import OptunaSearcher
+    from search.optuna_study import StudySearch
     from trainables.ray_adapter import FAILED
 
-    searcher = OptunaSearcher(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="m", mode="max",
-                              seed=0)
+    searcher = StudySearch(lambda trial: {"x": trial.suggest_float("x", 0, 1)}, "m", "max", study_name="s",
+                           storage_url=None, seed=0)
     searcher.suggest("a")
     searcher.on_trial_complete("a", {"m": float("nan"), FAILED: "non-finite training loss in epoch 1"})
     searcher.suggest("b")
     searcher.on_trial_complete("b", {"m": 0.5})
-    states = [t.state for t in searcher._ot_study.trials]
+    states = [t.state for t in searcher.study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
@@ -243,3 +243,27 @@ def test_a_field_added_to_trainconfig_after_the_search_started_does_not_block_it
     older = {k: v for k, v in current.items() if k != "train.seed"}  # as if `seed` were new
     assert differences(with_new_fields(older), current) == []
     assert differences(with_new_fields(older), {**current, "train.seed": 3}) == ["train.seed (0 -> 3)"]
+
+
+def test_the_parent_run_follows_the_winner_of_a_resumed_search(tmp_path):
+    from types import SimpleNamespace
+
+    from search.tracking import MLflowTracker
+
+    def trial(tid: str, best: float, **params) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=tid, status="TERMINATED", config={**params, "train": {"epochs": 4}},
+                               last_result={"epoch": 4, "best_val_pgd_acc": best, "best_val_clean_acc": 0.9,
+                                            "best_epoch": 3})
+
+    tracker = MLflowTracker(f"sqlite:///{tmp_path}/m.db", "exp", {"rslad.metric": "val_pgd_acc"}, {}, {},
+                            searched=["method", "trades_beta"])
+    tracker.setup()
+    first = [trial("a", 0.5, method="trades", trades_beta=6.0), trial("b", 0.4, method="sat")]
+    tracker._finish_parent(first, "KILLED")  # interrupted: the winner so far
+    tracker._finish_parent([*first, trial("c", 0.6, method="sat")], "FINISHED")  # after the resume
+    run = tracker.client.get_run(tracker.parent_id)
+    assert run.data.metrics == {"best_val_pgd_acc": 0.6, "best_val_clean_acc": 0.9, "best_epoch": 3.0}
+    assert {k: v for k, v in run.data.tags.items() if k.startswith(("winner.", "rslad.best", "rslad.status"))} == {
+        "winner.method": "sat", "rslad.best_trial": "c", "rslad.status": "finished"}  # no stale winner.trades_beta
+    exp = tracker.client.get_experiment_by_name("exp")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
