@@ -190,7 +190,7 @@ def summary_table(results, metric: str, top_k: int) -> str:
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows[:top_k], 1):
         lines.append(f"{i:>4}  {r['trial']:<8}  {r['params'][:48]:<48} {r[metric]:>12.4f} {r['val_clean_acc']:>13.4f} "
-                     f"{r['best_epoch']:>10} {r['epochs_run']:>6}/{r['of']:<3}")
+                     f"{r['best_epoch']:>10} {str(r['epochs_run']) + '/' + str(r['of']):>10}")
     return "\n".join(lines)
 
 
