@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -160,6 +161,8 @@ def run_main(main: Callable[[Mapping[str, Any]], int | None], argv: Sequence[str
         print(f"error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # MLflow draws a tqdm bar for every artifact download (a report reads a few small files): noise in a log.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return int(main(args) or 0)
     except UsageError as err:

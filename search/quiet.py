@@ -27,6 +27,8 @@ import warnings
 ENVIRONMENT = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # A tqdm bar per artifact transfer (a search uploads configs and teacher weights).
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Sub-second epochs trigger Tune's "snapshotting too often" warning on every result.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
