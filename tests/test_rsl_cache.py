@@ -82,9 +82,8 @@ def test_cached_run_equals_a_run_whose_teacher_rounds_to_fp16_bit_for_bit(teache
 
 @pytest.mark.parametrize("changes", [dict(method="rslad", rsl_source="nat-nat-nat"),
                                      dict(method="rslad", rsl_source="nat-adv-nat"),
-                                     dict(method="rslad", rsl_source="adv-adv-adv"),
                                      dict(method="ard"), dict(method="iad", iad_warmup_epochs=1)],
-                         ids=["nat-nat-nat", "nat-adv-nat", "adv-adv-adv", "ard", "iad"])
+                         ids=["nat-nat-nat", "nat-adv-nat", "ard", "iad"])
 def test_cached_run_matches_the_uncached_one_within_fp16_rounding(teachers, tmp_path, changes):
     plain_losses, _ = run(Training(cfg(teachers, **changes)))
     cached = Training(cfg(teachers, rsl_cache_dir=str(tmp_path / "cache"), **changes))
@@ -97,6 +96,24 @@ def test_cached_run_matches_the_uncached_one_within_fp16_rounding(teachers, tmp_
     needs_x_adv = changes.get("rsl_source", "nat-nat-nat") != "nat-nat-nat" or changes["method"] == "iad"
     # The epoch computations see the 4 clean batches of each epoch; terms with T(x') still run the teacher.
     assert (len(real_calls) > 8) == needs_x_adv
+
+
+def test_adv_adv_adv_never_shows_the_teacher_a_clean_batch_so_nothing_is_cached(teachers, tmp_path):
+    """All three soft labels are T(x'): computing T(x) per step (or per epoch for a cache) would be wasted work."""
+    changes = dict(method="rslad", rsl_source="adv-adv-adv")
+    plain = Training(cfg(teachers, **changes))
+    clean, asked = [], []
+    plain.teacher.register_forward_hook(lambda m, inp, out: asked.append(inp[0]))
+    loss_fn = plain.method.loss
+    plain.method.loss = lambda student, teacher, x, y, epoch: clean.append(x) or loss_fn(student, teacher, x, y, epoch)
+    plain_losses, _ = run(plain)
+    assert len(clean) == 8 and len(asked) > 8
+    assert not any(torch.equal(a, x) for a in asked for x in clean if a.shape == x.shape)
+
+    cached = Training(cfg(teachers, rsl_cache_dir=str(tmp_path / "cache"), **changes))
+    assert cached.rsl_cache is None and cached.cached_teacher is None
+    assert run(cached)[0] == plain_losses
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_second_run_reuses_every_epoch_and_a_resumed_run_keeps_counting(teachers, tmp_path):
@@ -211,7 +228,7 @@ def test_a_lock_left_by_a_dead_or_silent_holder_is_taken_over(tmp_path):
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": 0}))
     start = time.monotonic()
     silent.epoch_logits(1)
-    assert silent.computed == 1 and 0.1 < time.monotonic() - start < 5
+    assert silent.computed == 1 and time.monotonic() - start > 0.1  # it waited for the lock to go stale
     assert not lock.exists()
 
 

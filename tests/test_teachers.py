@@ -172,7 +172,7 @@ def test_missing_file_says_where_and_how(tmp_path):
         _load_digits(path)
     message = str(info.value)
     assert str(path) in message
-    assert f"python -m search.teachers name={DIGITS}" in message
+    assert f"python -m search.teachers teachers.names=[{DIGITS}]" in message
     assert "train.teacher_checkpoint=" in message
     with pytest.raises(TeacherLoadError, match="Zhang2019Theoretically"):
         build_teacher("wrn34_10_trades", path, num_classes=10, in_channels=3)

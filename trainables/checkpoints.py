@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 import torch.nn as nn
@@ -16,14 +17,25 @@ BEST_MODEL_FILE = "best_model.pt"
 LAST_MODEL_FILE = "last_model.pt"
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file then rename, so a crash never leaves a half-written file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """write(f) into a temporary file beside path, then rename: readers see the old file or the whole new one, never part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # A unique temporary name: writers of the same file at once (trials sharing soft labels) never share one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through atomic_write, so a crash never leaves a half-written file under `path`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | os.PathLike) -> dict:

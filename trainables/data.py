@@ -59,20 +59,41 @@ class ImageSplits:
         return h.hexdigest()
 
 
-def load_cifar(name: str, data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
-    """CIFAR-10/100 train and test as uint8 NCHW tensors, read by torchvision from data_dir."""
+def cifar_class(name: str) -> type:
+    """torchvision's dataset class of cifar10 or cifar100 (its file list, checksums and folder name)."""
     import torchvision
 
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    return {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+
+
+def _cifar_not_found(name: str, root: Path, why: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"{name} not found in {root} ({why}); set train.download=true on a machine with internet, "
+        f"or copy torchvision's '{cifar_class(name).base_folder}' folder there (train.data_dir=...)")
+
+
+def check_cifar_files(name: str, data_dir: str | Path) -> None:
+    """torchvision's CIFAR files are in data_dir and intact, read once for their checksums (not unpickled)."""
+    from torchvision.datasets.utils import check_integrity
+
+    cls = cifar_class(name)
+    root = Path(data_dir).expanduser().resolve()
+    for filename, md5 in [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]:
+        path = root / cls.base_folder / filename
+        problem = "missing" if not path.is_file() else None if check_integrity(str(path), md5) else "corrupt"
+        if problem:
+            raise _cifar_not_found(name, root, f"{path} is {problem}")
+
+
+def load_cifar(name: str, data_dir: str | Path, download: bool = False) -> tuple[torch.Tensor, ...]:
+    """CIFAR-10/100 train and test as uint8 NCHW tensors, read by torchvision from data_dir."""
+    cls = cifar_class(name)
     root = Path(data_dir).expanduser().resolve()
     try:
         train = cls(root=str(root), train=True, download=download)
         test = cls(root=str(root), train=False, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted."
-        raise DatasetNotFoundError(
-            f"{name} not found in {root} ({err}); set train.download=true on a machine with internet, "
-            f"or copy torchvision's '{cls.base_folder}' folder there (train.data_dir=...)"
-        ) from None
+        raise _cifar_not_found(name, root, str(err)) from None
 
     def as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
@@ -103,10 +124,7 @@ def dataset_identity(cfg: TrainConfig) -> tuple:
     """What decides the loaded tensors: the dataset and, for CIFAR, each file's path, size and mtime in data_dir."""
     if cfg.dataset == "digits":
         return ("digits",)
-    import torchvision
-
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[cfg.dataset]
-    folder = Path(cfg.data_dir).expanduser().resolve() / cls.base_folder
+    folder = Path(cfg.data_dir).expanduser().resolve() / cifar_class(cfg.dataset).base_folder
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     return (cfg.dataset, str(folder), tuple(file_identity(p) for p in files))
 

@@ -15,7 +15,7 @@ from trainables import checkpoints
 from trainables.attacks import model_mode
 from trainables.config import TrainConfig
 from trainables.data import DeviceLoader, ImageSplits, load_splits
-from trainables.evaluate import accuracy_under
+from trainables.evaluate import accuracy_under, validation_attack
 from trainables.gpu_usage import UtilisationSampler
 from trainables.methods import METHODS
 from trainables.models import build_model
@@ -52,7 +52,9 @@ class Training:
                                          seed=cfg.data_seed, channels_last=self.channels_last)
         self.val_loader = DeviceLoader(s.val_x, s.val_y, batch_size=cfg.val_batch_size, device=self.device,
                                        channels_last=self.channels_last)
-        self.rsl_cache = self._soft_label_cache() if self.teacher is not None and cfg.rsl_cache_dir else None
+        cached = self.teacher is not None and cfg.rsl_cache_dir and self.method.asks_teacher_on_clean()
+        self.rsl_cache = self._soft_label_cache() if cached else None
+        self.cached_teacher = CachedTeacher(self.teacher) if cached else None
         self.gpu_usage = UtilisationSampler(self.device)
         self.epoch = 0
         self.best: dict[str, Any] = {"epoch": 0, "val_pgd_acc": -math.inf, "metrics": {}, "model": None}
@@ -102,7 +104,6 @@ class Training:
             batches = (x for x, _ in self.train_loader.epoch(epoch))
             return teacher_logits(self.teacher, batches, self.autocast, group, heartbeat)
 
-        self.cached_teacher = CachedTeacher(self.teacher)
         return SoftLabelCache(cfg.rsl_cache_dir, key, len(self.splits.train_y), self.splits.num_classes, compute)
 
     # --- the loop ---------------------------------------------------------------------
@@ -177,8 +178,6 @@ class Training:
 
     def validate(self) -> tuple[float, float]:
         """Clean and robust accuracy on the validation split under cfg.val_attack (fp32, eval mode)."""
-        from trainables.evaluate import validation_attack
-
         cfg = self.cfg
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + self.epoch)
         batches = list(self.val_loader.epoch(0))

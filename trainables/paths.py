@@ -12,6 +12,11 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
 def absolute(path: str, base: Path | None = None) -> str:
     """A local path made absolute against `base` (default: the cwd); empty strings and URIs pass through."""
     if not path or is_uri(path):

@@ -12,7 +12,7 @@ fp16 logits keep a relative error of 2^-11 everywhere. On CUDA with bf16 autocas
 every bf16 logit of magnitude 6e-5..65504 exactly.
 
 Layout: <folder>/<key digest>/key.json (what the key holds, for people), epoch_00000.pt (written
-by os.replace from a temporary file), epoch_00000.lock (held while one trial computes).
+through a temporary file and os.replace), epoch_00000.lock (held while one trial computes).
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
+
+from trainables.checkpoints import atomic_save, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -98,21 +99,13 @@ class SoftLabelCache:
         logits = logits.detach().to("cpu", torch.float16).contiguous()
         if tuple(logits.shape) != (self.rows, self.classes):
             raise ValueError(f"soft labels of shape {tuple(logits.shape)}, expected {(self.rows, self.classes)}")
-        self.folder.mkdir(parents=True, exist_ok=True)
         key_file = self.folder / "key.json"
         if not key_file.exists():
-            _atomic_write_bytes(key_file, json.dumps(self.key, sort_keys=True, indent=1).encode())
-        blob = {"format": FORMAT, "key": self.digest, "epoch": epoch, "logits": logits, "checksum": _checksum(logits)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path(epoch).name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(blob, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(epoch))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            text = json.dumps(self.key, sort_keys=True, indent=1).encode()
+            atomic_write(key_file, lambda f: f.write(text))
+        # No fsync: a file torn by a power loss fails its checksum on read and is computed again.
+        atomic_save({"format": FORMAT, "key": self.digest, "epoch": epoch, "logits": logits,
+                     "checksum": _checksum(logits)}, self.path(epoch))
 
     # --- the lazy, locked computation -------------------------------------------------------
     def epoch_logits(self, epoch: int) -> torch.Tensor:
@@ -190,17 +183,6 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def teacher_logits(teacher: nn.Module, batches: Iterable[torch.Tensor], autocast_dtype: torch.dtype | None,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from trainables.checkpoints import atomic_save
 from trainables.config import DATASETS
 from trainables.models import build_model
 from trainables.registry import Registry
@@ -134,7 +135,7 @@ def default_checkpoint_path(name: str, teachers_dir: str | os.PathLike) -> Path:
 
 def _how_to_provide(path: Path, spec: TeacherSpec | None) -> str:
     name = spec.name if spec is not None else "<name>"
-    hints = [f"train it with `python -m search.teachers name={name}`",
+    hints = [f"train it with `python -m search.teachers teachers.names=[{name}]`",
              "or pass train.teacher_checkpoint=/abs/path.pt"]
     if spec is not None and spec.robustbench_id:
         hints.append(f"or, on a machine with internet, save robustbench.utils.load_model({spec.robustbench_id!r}, "
@@ -155,8 +156,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise _missing(path, None)
+    if path.stat().st_size == 0:
+        raise TeacherLoadError(f"cannot read teacher weights {path}: the file is empty (0 bytes)")
     try:
-        blob: Any = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing a file; the refusal alone is the one line to show
+            warnings.simplefilter("ignore", UserWarning)
+            blob: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a bad file; all mean the same here
         raise TeacherLoadError(f"cannot read teacher weights {path}: {_load_failure_reason(exc)}") from exc
     for _ in range(len(_CONTAINER_KEYS)):
@@ -286,15 +292,5 @@ def save_teacher_checkpoint(model: nn.Module, path: str | os.PathLike, spec_name
         plain_metrics[str(key)] = value if isinstance(value, str) else float(value)
     blob = {"state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "teacher": str(spec_name), "metrics": plain_metrics}
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A crash mid-write must never leave a truncated file under the name a run will load.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(blob, Path(path).expanduser().resolve())

@@ -29,6 +29,10 @@ class Method:
         """The scalar loss to minimise on batch (x, y) at 0-based `epoch`; student is in train mode."""
         raise NotImplementedError
 
+    def asks_teacher_on_clean(self) -> bool:
+        """Whether each step runs the teacher on the clean batch: what the soft-label cache can answer instead."""
+        return self.needs_teacher
+
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """model(x) under the run's autocast (bf16 on CUDA when amp is on)."""
         if self.autocast_dtype is None:

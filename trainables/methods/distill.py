@@ -56,10 +56,14 @@ class RSLAD(Method):
              epoch: int) -> torch.Tensor:
         t1, t2, t3 = parse_rsl_source(self.cfg.rsl_source)
         # The teacher runs under the same bf16 autocast as the student on CUDA: it is most of the FLOPs.
-        teacher_nat = self.forward(teacher, x)
+        teacher_nat = self.forward(teacher, x) if self.asks_teacher_on_clean() else None
         # T3 = T(x'): the target moves with x', so the teacher runs inside every attack step.
         objective = kl_to_target(torch.softmax(teacher_nat.float(), 1)) if t3 == "nat" else kl_to_model(partial(self.forward, teacher))
         x_adv = self.attack(student, x, objective, start="gaussian")
         teacher_adv = self.forward(teacher, x_adv) if "adv" in (t1, t2) else None
         return rslad_loss(self.forward(student, x), self.forward(student, x_adv), teacher_nat, teacher_adv,
                           self.cfg.alpha, self.cfg.rsl_source, self.cfg.kl_scale)
+
+    def asks_teacher_on_clean(self) -> bool:
+        """T(x) is needed only when some soft label is T(x): adv-adv-adv never shows the teacher a clean batch."""
+        return "nat" in parse_rsl_source(self.cfg.rsl_source)
