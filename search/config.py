@@ -78,9 +78,10 @@ def default_name(space: str, profile: str) -> str:
 
 def resolve_paths(cfg: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
     """Every path the trials or Ray jobs see made absolute in the driver (trials run in other cwds)."""
-    cfg = {**cfg, "train": dict(cfg["train"]), "tracking": dict(cfg["tracking"])}
+    cfg = {**cfg, "train": dict(cfg["train"]), "tracking": dict(cfg["tracking"]), "optuna": dict(cfg["optuna"])}
     cfg["storage"] = absolute(cfg["storage"], base)
     cfg["tracking"]["uri"] = absolute_tracking_uri(cfg["tracking"]["uri"], base)
+    cfg["optuna"]["storage"] = absolute_tracking_uri(cfg["optuna"]["storage"], base)
     for key in ("data_dir", "teachers_dir", "teacher_checkpoint", "rsl_cache_dir"):
         cfg["train"][key] = absolute(cfg["train"][key], base)
     return cfg

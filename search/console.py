@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, TextIO
 
 from ray.tune import Callback
 
-from search.tracking import error_summary, searched_values, short_value, trial_status
+from search.tracking import error_summary, searched_values, short_value, trial_state, trial_status
 from trainables.ray_adapter import FAILED, RESTORE_WARNING
 
 log = logging.getLogger("search")
@@ -77,9 +77,6 @@ class Snapshot:
 def row_of(trial: Any, metric: str) -> TrialRow:
     """A Tune Trial (or anything with trial_id, status, config, last_result) as a row."""
     last = trial.last_result or {}
-    status = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "failed"}.get(str(trial.status))
-    if status is None:  # TERMINATED
-        status = trial_status(trial)
     config = trial.config or {}
     return TrialRow(
         trial_id=str(trial.trial_id),
@@ -88,7 +85,7 @@ def row_of(trial: Any, metric: str) -> TrialRow:
         epochs=int(config.get("train", {}).get("epochs", 0) or 0),
         metric=_number(last.get(metric)),
         best=_number(last.get(f"best_{metric}")),
-        status=status,
+        status=trial_state(trial),
         ended_at=float(last.get("timestamp", 0) or 0))
 
 
@@ -100,7 +97,7 @@ def _number(value: Any) -> float | None:
 
 
 def eta_seconds(rows: Iterable[TrialRow], total: int, epochs_per_s: float, *,
-                planned_trial_epochs: int | None = None, default_epochs: int = 0) -> tuple[float | None, bool]:
+                planned_trial_epochs: int | None = None) -> tuple[float | None, bool]:
     """Seconds left at `epochs_per_s` trial-epochs per second, and whether it is an upper bound.
 
     With `planned_trial_epochs` (the expected trial-epochs of the whole search under ASHA) the
@@ -114,7 +111,7 @@ def eta_seconds(rows: Iterable[TrialRow], total: int, epochs_per_s: float, *,
     if not live and len(rows) >= total:
         return 0.0, False
     in_flight = sum(max(r.epochs - r.epoch, 0) for r in live)
-    unstarted = max(total - len(rows), 0) * (default_epochs or max((r.epochs for r in rows), default=0))
+    unstarted = max(total - len(rows), 0) * max((r.epochs for r in rows), default=0)
     if planned_trial_epochs is not None:
         remaining = max(planned_trial_epochs - sum(r.epoch for r in rows), in_flight)
         return remaining / epochs_per_s, False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from search.plan import SearchPlan, epoch_values, expected_trial_epochs, planned_epochs, values_in_play
+from search.plan import SearchPlan, epoch_values, expected_trial_epochs, planned_epochs
 
 WIDTH = 100
 LABEL = 14
@@ -40,12 +40,12 @@ def resources(cfg: dict[str, Any]) -> str:
 def data_lines(plan: SearchPlan) -> list[str]:
     """Each dataset in play and where it is read from."""
     out = []
-    download = True in values_in_play(plan.space, plan.base_train, "download")
-    for dataset in sorted(values_in_play(plan.space, plan.base_train, "dataset")):
+    download = True in plan.space.field_values("download")
+    for dataset in sorted(plan.space.field_values("dataset")):
         if dataset == "digits":
             out.append("digits: scikit-learn's bundled copy (offline)")
             continue
-        for data_dir in sorted(values_in_play(plan.space, plan.base_train, "data_dir")):
+        for data_dir in sorted(plan.space.field_values("data_dir")):
             state = "downloaded there when missing (train.download=true)" if download else "files and checksums verified"
             out.append(f"{dataset} in {data_dir} ({state})")
     return out

@@ -97,7 +97,6 @@ KEYS: tuple[Key, ...] = (
     Key("teachers.retrain", "python -m search.teachers only: train again even when weights exist", "bool"),
     Key("top_k", "rows of the final table", "int", minimum=1),
 )
-BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 # Set by the chosen profile file, not by a person.
 INTERNAL = ("profile_name",)
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 from ray.tune.search.optuna import OptunaSearch
 
 from search.errors import SearchInputError
+from trainables.paths import SQLITE, is_uri, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,13 @@ def study_storage_url(tracking_uri: str | None, storage: str, explicit: str = ""
             raise SearchInputError(f"optuna.storage={explicit!r} is not a database URL; "
                                    f"allowed: sqlite:///ABS/path.db, postgresql://..., mysql://...")
         return explicit
-    if tracking_uri and tracking_uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / STUDY_DB}"
+    tracking_db = sqlite_file(tracking_uri or "")
+    if tracking_db is not None:
+        return f"{SQLITE}{tracking_db.parent / STUDY_DB}"
     if storage.startswith("file://"):
         storage = storage[len("file://"):]
-    if "://" not in storage:
-        return f"sqlite:///{Path(storage) / STUDY_DB}"
+    if not is_uri(storage):
+        return f"{SQLITE}{Path(storage) / STUDY_DB}"
     return None
 
 
@@ -58,8 +60,9 @@ def _rdb_storage(url: str):
     import optuna
 
     kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"connect_args": {"timeout": 30}}
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
@@ -68,7 +71,8 @@ def study_names(url: str) -> list[str]:
     """Study names in the database at `url` ([] when a sqlite file does not exist yet; nothing is created)."""
     import optuna
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+    db = sqlite_file(url)
+    if db is not None and not db.is_file():
         return []
     return optuna.study.get_all_study_names(storage=_rdb_storage(url))
 

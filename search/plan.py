@@ -12,7 +12,7 @@ from typing import Any
 
 from search.config import compose_config, default_name, resolve_paths
 from search.errors import SearchInputError
-from search.storage import NAME_RULE
+from search.storage import NAME_RULE, check_name
 from spaces import Space, load_space
 from trainables.config import NO_TEACHER, TrainConfig
 
@@ -62,6 +62,7 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
         raise SearchInputError(f"name={cfg['name']!r} is not allowed; allowed: {NAME_RULE} "
                                f"(leave name out for <space>-<profile>-<time>)")
     name = str(cfg["name"]) or default_name(str(cfg["space"]), profile)
+    check_name(name)  # before the name becomes a path (experiment_path, the saved description, the cache)
     base["rsl_cache_dir"] = rsl_cache_dir(cfg, name)
     scheduler = cfg["scheduler"] or budget.get("scheduler", "asha")  # the key table checked cfg's value
     num_samples = int(cfg["num_samples"] or budget["num_samples"])
@@ -75,7 +76,7 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
         cfg=cfg, name=name, profile=profile, space=space, base_train=base,
         num_samples=num_samples,
         max_concurrent=int(cfg["max_concurrent"] or budget["max_concurrent"]),
-        scheduler=scheduler, teachers=teachers_in_play(space, base), study_url=study_url(cfg, name))
+        scheduler=scheduler, teachers=teachers_in_play(space), study_url=study_url(cfg, name))
 
 
 def study_url(cfg: dict[str, Any], name: str) -> str | None:
@@ -157,8 +158,6 @@ def rsl_cache_dir(cfg: dict[str, Any], name: str) -> str:
     """Where the search's trials share soft labels: train.rsl_cache_dir if given, else <storage>/<name>/rsl_cache; empty with rsl_cache=false."""
     from trainables.paths import is_uri
 
-    if not isinstance(cfg["rsl_cache"], bool):
-        raise SearchInputError(f"rsl_cache={cfg['rsl_cache']!r} must be true or false")
     if not cfg["rsl_cache"]:
         return ""
     if cfg["train"].get("rsl_cache_dir"):
@@ -181,15 +180,10 @@ def distinct_configs(space: Space) -> int | None:
                 for combo in combos})
 
 
-def values_in_play(space: Space, base: dict[str, Any], key: str) -> set:
-    """Every value TrainConfig field `key` can take in some trial, recipes included (space.validate(base) has run)."""
-    return space.field_values(key)
-
-
-def teachers_in_play(space: Space, base: dict[str, Any]) -> list[str]:
+def teachers_in_play(space: Space) -> list[str]:
     """Teacher names some trial of this space may load (none when no method in play uses one)."""
     from trainables.methods import METHODS
 
-    if not any(METHODS.get(m).needs_teacher for m in values_in_play(space, base, "method")):
+    if not any(METHODS.get(m).needs_teacher for m in space.field_values("method")):
         return []
-    return sorted(t for t in values_in_play(space, base, "teacher") if t != NO_TEACHER)
+    return sorted(t for t in space.field_values("teacher") if t != NO_TEACHER)

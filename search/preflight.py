@@ -1,7 +1,7 @@
 """Every check the driver can make before Ray starts, without writing anything.
 
 `preflight(plan)` takes seconds and raises the first problem as a one-line error (exit code 2):
-the name, the resources one trial needs, where results and MLflow records go, whether the name
+the resources one trial needs, where results and MLflow records go, whether the name
 is free (or, with resume=true, whether the saved search is there, trusted and started with the
 same settings), the datasets and the teachers (loaded on the CPU, not just found). A dry run
 calls it and prints the plan; nothing here starts Ray or creates a file, folder or database.
@@ -10,30 +10,24 @@ calls it and prints the plan; nothing here starts Ray or creates a file, folder 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from search import record
 from search.errors import SearchInputError
-from search.plan import SearchPlan, values_in_play
+from search.plan import SearchPlan
 from search.ray_runtime import check_local_resources
-from search.storage import check_creatable, check_name, check_trusted, check_writable_file
-from trainables.paths import SQLITE, is_uri
-
-log = logging.getLogger("search")
-
-HEALTH_TIMEOUT_S = 5
+from search.storage import check_creatable, check_tracking_store, check_trusted, check_writable_file
+from trainables.paths import is_uri, sqlite_file
 
 
 def preflight(plan: SearchPlan) -> dict[str, str]:
     """Check the plan against the machine, the storage, the tracking store, the study, the data and the teachers.
 
+    The name was checked by plan_search, before it became a path.
+
     Returns where each teacher's weights come from (check_teachers), for the dry run's plan.
     """
-    check_name(plan.name)
     check_local_resources(plan.cfg)
     check_paths(plan)
     saved = check_saved_search(plan)
@@ -44,39 +38,12 @@ def preflight(plan: SearchPlan) -> dict[str, str]:
 
 
 # --- where things are written -------------------------------------------------------------
-def sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a sqlite:/// URI, else None."""
-    return Path(tracking_uri[len(SQLITE):]) if tracking_uri.startswith(SQLITE) else None
-
-
 def check_paths(plan: SearchPlan) -> None:
     """storage and the MLflow store can be written (probed; os.access says yes to root)."""
     cfg = plan.cfg
     if not is_uri(plan.experiment_path):
         check_creatable(Path(plan.experiment_path), f"storage={cfg['storage']}")
-    if not cfg["tracking"]["enabled"]:
-        return
-    uri = cfg["tracking"]["uri"]
-    db = sqlite_file(uri)
-    if db is not None:
-        check_creatable(db.parent, f"tracking.uri={uri}")
-        if db.exists():
-            check_writable_file(db, f"tracking.uri={uri}")
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri)
-
-
-def check_server(uri: str) -> None:
-    """An MLflow server answers at all (MLflow itself would retry an unreachable one for minutes)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered (e.g. 401 from the basic-auth app): MLflow's own calls will say more
-    except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
-    raise SearchInputError(f"tracking.uri={uri}: the MLflow server does not answer ({problem}); "
-                           "start it, or use tracking.uri=sqlite:////abs/path.db")
+    check_tracking_store(cfg)
 
 
 def check_study(plan: SearchPlan) -> None:
@@ -193,34 +160,16 @@ def _parent_storage(uri: str, exp: Any) -> str | None:
 # --- data and teachers ----------------------------------------------------------------------
 def check_datasets(plan: SearchPlan) -> None:
     """Every dataset in play is in its data_dir (torchvision's files and checksums), unless download=true."""
-    datasets = values_in_play(plan.space, plan.base_train, "dataset") - {"digits"}  # digits ships with scikit-learn
-    download = True in values_in_play(plan.space, plan.base_train, "download")
-    for data_dir in sorted(values_in_play(plan.space, plan.base_train, "data_dir")):
+    from trainables.data import check_cifar_files
+
+    datasets = plan.space.field_values("dataset") - {"digits"}  # digits ships with scikit-learn
+    download = True in plan.space.field_values("download")
+    for data_dir in sorted(plan.space.field_values("data_dir")):
         for dataset in sorted(datasets):
             if download:
                 check_creatable(Path(data_dir), f"train.data_dir={data_dir}")
             else:
                 check_cifar_files(dataset, data_dir)
-
-
-def check_cifar_files(dataset: str, data_dir: str) -> None:
-    """torchvision's CIFAR files are present and intact, read once for their checksums (not unpickled)."""
-    import torchvision
-    from torchvision.datasets.utils import check_integrity
-
-    from trainables.data import DatasetNotFoundError
-
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[dataset]
-    root = Path(data_dir).expanduser().resolve()
-    folder = root / cls.base_folder
-    files = [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])]
-    for filename, md5 in files:
-        path = folder / filename
-        problem = "missing" if not path.is_file() else None if check_integrity(str(path), md5) else "corrupt"
-        if problem:
-            raise DatasetNotFoundError(
-                f"{dataset} not found in {root} ({path} is {problem}); set train.download=true on a machine "
-                f"with internet, or copy torchvision's '{cls.base_folder}' folder there (train.data_dir=...)")
 
 
 def check_teachers(plan: SearchPlan) -> dict[str, str]:
@@ -249,27 +198,12 @@ def check_teachers(plan: SearchPlan) -> dict[str, str]:
 def provider(plan: SearchPlan, name: str) -> str | None:
     """Where a missing teacher's weights will come from: the MLflow registry, RobustBench (installed), training
     (teachers.auto_train), in the order the driver tries them; None when from nowhere."""
+    from search.teachers import registered_versions
     from trainables.teachers import get_teacher
 
     cfg = plan.cfg
-    if cfg["tracking"]["enabled"] and registered(cfg["tracking"]["uri"], name):
+    if cfg["tracking"]["enabled"] and registered_versions(cfg["tracking"]["uri"], name):
         return "registry"
     if get_teacher(name).robustbench_id and importlib.util.find_spec("robustbench") is not None:
         return "robustbench"
     return "train" if cfg["teachers"]["auto_train"] else None
-
-
-def registered(uri: str, name: str) -> bool:
-    """Whether the MLflow model registry has a version of teacher `name` (a missing SQLite file is not opened)."""
-    db = sqlite_file(uri)
-    if db is not None and not db.exists():
-        return False
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from search.teachers import REGISTERED_PREFIX
-
-    try:
-        return bool(MlflowClient(uri).search_model_versions(f"name='{REGISTERED_PREFIX}{name}'"))
-    except MlflowException:
-        return False

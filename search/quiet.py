@@ -29,8 +29,6 @@ ENVIRONMENT = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     # A tqdm bar per artifact transfer (a search uploads configs and teacher weights).
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    # Sub-second epochs trigger Tune's "snapshotting too often" warning on every result.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 # Levels on child loggers: ray.init() resets the "ray" logger's own level, not these.
 LOGGER_LEVELS = {

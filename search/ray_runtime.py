@@ -42,18 +42,11 @@ def local_cpus(cfg: dict[str, Any]) -> int:
 
 
 def check_resource_keys(cfg: dict[str, Any]) -> None:
-    """trial.cpus/gpus and ray.num_cpus are numbers Ray accepts (one-line error naming the key)."""
-    trial = cfg["trial"]
-    for key, value in (("trial.cpus", trial["cpus"]), ("trial.gpus", trial["gpus"])):
-        if value is None and key == "trial.gpus":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise SearchInputError(f"{key}={value!r} must be a number >= 0")
-        if value > 1 and float(value) != int(value):
-            raise SearchInputError(f"{key}={value} is not allowed; allowed: a fraction <= 1 or a whole number")
-    num_cpus = cfg["ray"]["num_cpus"]
-    if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
-        raise SearchInputError(f"ray.num_cpus={num_cpus!r} must be an integer >= 1 (or null: all of this machine's)")
+    """trial.cpus/gpus are amounts Ray can place: a fraction <= 1 or a whole number (types and minimums: search.keys)."""
+    for key in ("cpus", "gpus"):
+        value = cfg["trial"][key]
+        if value is not None and value > 1 and float(value) != int(value):
+            raise SearchInputError(f"trial.{key}={value} is not allowed; allowed: a fraction <= 1 or a whole number")
 
 
 def check_fits(need: dict[str, float], have: dict[str, float], where: str) -> None:
@@ -77,7 +70,7 @@ def check_local_resources(cfg: dict[str, Any]) -> None:
         raise SearchInputError(f"train.device={device} needs a GPU per trial but trial.gpus=0; "
                                "allowed: trial.gpus > 0, or train.device=auto|cpu")
     if cfg["ray"]["address"]:
-        return  # checked against the cluster once connected (cluster_check)
+        return  # checked against the cluster once connected (check_cluster_resources)
     check_fits(need, {"cpu": local_cpus(cfg), "gpu": local_gpus()}, "this machine"
                + (f" (ray.num_cpus={cfg['ray']['num_cpus']})" if cfg["ray"]["num_cpus"] else ""))
 

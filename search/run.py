@@ -25,8 +25,7 @@ from search.config import compose_config, resolve_paths
 from search.errors import run_cli
 from search.help import read_command_line, render_cfg_job, render_help
 from search.keys import validate
-from search.plan import (SearchPlan, distinct_configs, expected_trial_epochs,  # noqa: F401  (the driver's API)
-                         plan_search, teachers_in_play)
+from search.plan import SearchPlan, expected_trial_epochs, plan_search
 from search.preflight import preflight
 
 log = logging.getLogger("search")
@@ -136,14 +135,13 @@ def check_gpu_packing(plan: SearchPlan) -> None:
     """A fractional trial.gpus must fit: probe each memory-relevant configuration (a subprocess, so this driver holds no
     CUDA context) and refuse a packing whose estimated total exceeds the GPU's memory, with a one-line error."""
     from search.errors import SearchInputError
-    from search.plan import values_in_play
     from search.ray_runtime import trial_resources
     from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
 
     gpus = trial_resources(plan.cfg)["gpu"]
     if plan.cfg["ray"]["address"] or not 0 < gpus < 1:
         return  # whole GPUs need no packing check; a cluster's GPUs are probed nowhere from here
-    searched = {k: sorted(values_in_play(plan.space, plan.base_train, k), key=str) for k in MEMORY_KEYS}
+    searched = {k: sorted(plan.space.field_values(k), key=str) for k in MEMORY_KEYS}
     variants = memory_variants(plan.base_train, searched)
     error, results = check_packing(variants, gpus)
     for v, r in zip(variants, results):
@@ -155,18 +153,9 @@ def check_gpu_packing(plan: SearchPlan) -> None:
         raise SearchInputError(error)
 
 
-def failed_reason(result: Any) -> str | None:
-    """Why a trial failed (Tune's error, or the trainable's flag for errors a retry would repeat), else None."""
-    from trainables.ray_adapter import FAILED
-
-    if result.error:
-        return str(result.error).strip().splitlines()[-1] if str(result.error).strip() else "error"
-    return (result.metrics or {}).get(FAILED)
-
-
 def summary_table(results, metric: str, top_k: int) -> str:
     """The top trials as a fixed-width table: searched params, best validation accuracies, epochs run."""
-    from search.tracking import short_value
+    from search.tracking import searched_values, short_value
 
     rows = []
     for result in results:
@@ -174,7 +163,7 @@ def summary_table(results, metric: str, top_k: int) -> str:
             continue
         history = result.metrics_dataframe
         best_row = history.loc[history[metric].idxmax()] if history is not None and len(history) else result.metrics
-        params = {k: v for k, v in result.config.items() if k not in ("train", "trial")}
+        params = searched_values(result.config)
         rows.append({
             "trial": str(result.metrics.get("trial_id", "?")),
             "params": ", ".join(f"{k}={short_value(v)}" for k, v in sorted(params.items())) or "-",
@@ -201,13 +190,12 @@ def saved_counts(experiment_path: str) -> dict[str, int]:
     """
     from ray.tune import ExperimentAnalysis
 
-    from search.tracking import trial_status
+    from search.tracking import trial_state
 
     counts = {"finished": 0, "stopped_early": 0, "failed": 0, "unfinished": 0}
     for trial in ExperimentAnalysis(experiment_path).trials:
-        status = str(trial.status)
-        state = "failed" if status == "ERROR" else trial_status(trial) if status == "TERMINATED" else "unfinished"
-        counts[state] += 1
+        state = trial_state(trial)
+        counts[state if state in counts else "unfinished"] += 1
     return counts
 
 
@@ -273,6 +261,8 @@ def main(argv: list[str]) -> int:
     log.info("search %s: space=%s profile=%s, %d trials (%d at once), scheduler=%s, storage=%s",
              plan.name, plan.space.name, plan.profile, plan.num_samples, plan.max_concurrent,
              plan.scheduler, plan.experiment_path)
+    from search.tracking import failed_reason
+
     results = run_search(plan)
     failed = [r for r in results if failed_reason(r)]
     stopped_by = interrupt.received()

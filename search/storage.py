@@ -1,4 +1,4 @@
-"""A search's storage folder: safe names, writable paths (checked without writing), private folders, trust.
+"""A search's storage folder and tracking store: safe names, writable paths (checked without writing), private folders, trust.
 
 Tune unpickles `tuner.pkl`, `experiment_state*`, `searcher-state*` and `callback-states*` from a
 search's folder on resume: whoever can write there can run code as the person who resumes.
@@ -11,15 +11,20 @@ import os
 import re
 import stat
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from search.errors import SearchInputError
-from trainables.paths import is_uri
+from trainables.paths import is_uri, sqlite_file
+
+HEALTH_TIMEOUT_S = 5
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
 PRIVATE = 0o700
-# What Tune reads back with (cloud)pickle on resume, plus our own description of the search.
+# What Tune reads back with (cloud)pickle on resume.
 TRUSTED_FILES = ("tuner.pkl", "experiment_state*", "searcher-state*", "callback-states*", "*.pkl")
 
 
@@ -109,3 +114,30 @@ def check_trusted(experiment_path: str) -> None:
                 f"refusing to resume from {path}: others can write it (mode {mode:o}, owner uid "
                 f"{path.stat().st_uid}) and resume unpickles the search's state from there; make it yours "
                 f"alone (chown, chmod go-w {path}) if you trust its contents")
+
+
+def check_tracking_store(cfg: dict[str, Any]) -> None:
+    """The MLflow store can be written (a sqlite file's folder and file) or answers (a server); nothing when tracking is off."""
+    if not cfg["tracking"]["enabled"]:
+        return
+    uri = cfg["tracking"]["uri"]
+    db = sqlite_file(uri)
+    if db is not None:
+        check_creatable(db.parent, f"tracking.uri={uri}")
+        if db.exists():
+            check_writable_file(db, f"tracking.uri={uri}")
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+
+
+def check_server(uri: str) -> None:
+    """An MLflow server answers at all (MLflow itself would retry an unreachable one for minutes)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 from the basic-auth app): MLflow's own calls will say more
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise SearchInputError(f"tracking.uri={uri}: the MLflow server does not answer ({problem}); "
+                           "start it, or use tracking.uri=sqlite:////abs/path.db")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from search import interrupt
 from search.config import compose_config, resolve_paths
 from search.errors import SearchInputError, run_cli
 from search.ray_runtime import check_local_resources, start_ray, trial_resources
-from search.storage import check_creatable, make_private
+from search.storage import check_creatable, check_tracking_store, make_private
 from trainables.config import NO_TEACHER, TrainConfig
+from trainables.paths import sqlite_file
 from trainables.teachers import TEACHERS, default_checkpoint_path, get_teacher
 
 log = logging.getLogger("search.teachers")
@@ -30,7 +30,6 @@ log = logging.getLogger("search.teachers")
 REGISTERED_PREFIX = "rslad-teacher-"
 ARTIFACT_DIR = "teacher"
 EXPERIMENT = "teachers"
-IN_CHANNELS = {"cifar10": 3, "cifar100": 3, "digits": 1}
 
 
 def checkpoint_for(name: str, train: dict[str, Any]) -> Path:
@@ -53,16 +52,24 @@ def teacher_train_config(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return TrainConfig.from_dict(base).to_dict()
 
 
-def fetch_registered(name: str, dest: Path, tracking_uri: str) -> bool:
-    """Download the newest registered version of teacher `name` from MLflow into dest; False if none."""
+def registered_versions(tracking_uri: str, name: str) -> list:
+    """The MLflow model registry's versions of teacher `name` ([] when none, or the store has none: a missing
+    SQLite file is not opened, so nothing is created)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.exists():
+        return []
     try:
-        versions = client.search_model_versions(f"name='{REGISTERED_PREFIX}{name}'")
+        return list(MlflowClient(tracking_uri).search_model_versions(f"name='{REGISTERED_PREFIX}{name}'"))
     except MlflowException:
-        return False
+        return []
+
+
+def fetch_registered(name: str, dest: Path, tracking_uri: str) -> bool:
+    """Download the newest registered version of teacher `name` from MLflow into dest; False if none."""
+    versions = registered_versions(tracking_uri, name)
     if not versions:
         return False
     newest = max(versions, key=lambda v: int(v.version))
@@ -105,7 +112,7 @@ def how_to_provide(name: str, path: Path) -> str:
     spec = get_teacher(name)
     ways = [f"train it: python -m search.teachers teachers.names=[{name}]",
             f"or copy its state dict to {path}",
-            f"or pass train.teacher_checkpoint=/abs/path.pt"]
+            "or pass train.teacher_checkpoint=/abs/path.pt"]
     if spec.robustbench_id:
         ways.insert(0, f"download RobustBench '{spec.robustbench_id}' (cifar10, Linf) on a machine with internet "
                        f"and save its state_dict to {path}")
@@ -114,16 +121,11 @@ def how_to_provide(name: str, path: Path) -> str:
 
 def load_teacher(name: str, path: Path) -> None:
     """Build teacher `name` from `path` strictly on the CPU (a one-line TeacherLoadError if it does not fit)."""
-    from trainables.data import NUM_CLASSES
-    from trainables.teachers import TeacherLoadError, build_teacher
+    from trainables.data import IMAGE_SHAPES, NUM_CLASSES
+    from trainables.teachers import build_teacher
 
-    if path.is_file() and path.stat().st_size == 0:
-        raise TeacherLoadError(f"cannot read teacher weights {path}: the file is empty (0 bytes)")
     dataset = get_teacher(name).dataset
-    with warnings.catch_warnings():
-        # torch warns about pickle protocols before refusing a file; the refusal alone is the one line to show
-        warnings.simplefilter("ignore", UserWarning)
-        build_teacher(name, path, num_classes=NUM_CLASSES[dataset], in_channels=IN_CHANNELS[dataset], device="cpu")
+    build_teacher(name, path, num_classes=NUM_CLASSES[dataset], in_channels=IMAGE_SHAPES[dataset][0], device="cpu")
 
 
 def ensure_teachers(plan: Any) -> None:
@@ -161,13 +163,13 @@ def train_teachers(names: list[str], cfg: dict[str, Any]) -> dict[str, Path]:
     """Train `names` as Tune trials, save each best model as teachers_dir/<name>.pt, register it in MLflow."""
     from ray import tune
 
+    from search.tracking import failed_reason
     from trainables.checkpoints import BEST_MODEL_FILE, load_model
-    from trainables.ray_adapter import FAILED
     from trainables.teachers import save_teacher_checkpoint
 
+    jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]  # a mismatch is refused before Ray
     start_ray(cfg)
     make_private(cfg["storage"])
-    jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]
     trainable = tune.with_resources(train_teacher_trial, trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
@@ -183,8 +185,7 @@ def train_teachers(names: list[str], cfg: dict[str, Any]) -> dict[str, Path]:
     saved = {}
     for result in results:
         name = result.config["teacher"]["name"]
-        error = str(result.error or "").strip()
-        reason = error.splitlines()[-1] if error else (result.metrics or {}).get(FAILED)
+        reason = failed_reason(result)
         if reason or result.checkpoint is None:
             raise SearchInputError(f"training teacher {name!r} failed: {reason or 'no checkpoint was saved'}")
         with result.checkpoint.as_directory() as folder:
@@ -274,6 +275,13 @@ def main(argv: list[str]) -> int:
     check_local_resources(cfg)
     check_creatable(Path(cfg["storage"]), f"storage={cfg['storage']}")
     todo = [n for n in names if cfg["teachers"]["retrain"] or not default_checkpoint_path(n, cfg["train"]["teachers_dir"]).exists()]
+    if todo:
+        # Found now, not after Ray started or hours of training: a teacher of another dataset, an unwritable
+        # weights folder, a tracking store that cannot take the registration.
+        for n in todo:
+            teacher_train_config(n, cfg)
+        check_creatable(Path(cfg["train"]["teachers_dir"]), f"train.teachers_dir={cfg['train']['teachers_dir']}")
+        check_tracking_store(cfg)
     if cfg["dry_run"]:
         print(describe_teachers(names, todo, cfg), end="")
         return 0

@@ -33,7 +33,7 @@ from ray import tune
 
 from search import interrupt
 from search.mlflow_view import experiment_tags, runs_view
-from trainables.paths import SQLITE
+from trainables.paths import sqlite_file
 from trainables.ray_adapter import FAILED, RESTORE_WARNING
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,8 @@ def use_current_command(experiment: str, uri: str, parent_tags: dict[str, str]) 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """For a sqlite:/// store: <db folder>/mlartifacts/<experiment> (MLflow's default is the process's cwd)."""
-    if not tracking_uri.startswith(SQLITE):
-        return None
-    return (Path(tracking_uri[len(SQLITE):]).parent / ARTIFACTS_DIR / experiment).as_uri()
+    db = sqlite_file(tracking_uri)
+    return None if db is None else (db.parent / ARTIFACTS_DIR / experiment).as_uri()
 
 
 def get_or_create_experiment(client: Any, name: str, tracking_uri: str, tags: dict[str, str] | None = None) -> str:
@@ -99,10 +98,17 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def failed_reason(result: Any) -> str | None:
+    """Why a trial failed (Tune's error, or the trainable's flag for errors a retry would repeat), else None."""
+    if result.error:
+        return str(result.error).strip().splitlines()[-1] if str(result.error).strip() else "error"
+    return (result.metrics or {}).get(FAILED)
+
+
 def trial_params(config: dict[str, Any]) -> dict[str, str]:
     """MLflow params of a trial: every TrainConfig field by name, searched params as search.<name>."""
     params = {k: str(v) for k, v in config["train"].items()}
-    params.update({f"search.{k}": str(v) for k, v in config.items() if k not in ("train", "trial")})
+    params.update({f"search.{k}": str(v) for k, v in searched_values(config).items()})
     return params
 
 
@@ -136,6 +142,14 @@ def trial_status(trial: Any) -> str:
         return "failed"
     done = int(last.get("epoch", 0))
     return "finished" if done >= int(trial.config["train"]["epochs"]) else "stopped_early"
+
+
+def trial_state(trial: Any) -> str:
+    """A Tune trial's state in the search's words: running, pending, failed, finished or stopped_early."""
+    status = str(trial.status)
+    if status == "TERMINATED":
+        return trial_status(trial)
+    return {"RUNNING": "running", "ERROR": "failed"}.get(status, "pending")  # PENDING, PAUSED
 
 
 class MLflowTracker(tune.Callback):
@@ -247,7 +261,7 @@ class MLflowTracker(tune.Callback):
                     self.client.delete_tag(self.parent_id, key)
         counts: dict[str, int] = {}
         for t in trials:
-            state = trial_status(t) if str(t.status) == "TERMINATED" else str(t.status)
+            state = trial_state(t)
             counts[state] = counts.get(state, 0) + 1
         self.client.set_tag(self.parent_id, "rslad.trial_states", str(counts))
         # Teacher epochs computed vs read from the soft-label cache, over the whole search.

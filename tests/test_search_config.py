@@ -99,7 +99,7 @@ def test_compose_returns_plain_containers():
 
 
 def test_finite_spaces_run_each_configuration_once():
-    from search.run import distinct_configs
+    from search.plan import distinct_configs
 
     plan = plan_search(["space=teacher", "profile=smoke", "num_samples=10"])
     assert distinct_configs(plan.space) == 4 and plan.num_samples == 4
