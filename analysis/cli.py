@@ -75,13 +75,6 @@ class Option:
     meaning: str
     shown: str = ""
 
-    def __iter__(self):
-        # (parser, default), the shape this table had before it carried meanings.
-        return iter((self.parse, self.default))
-
-    def __getitem__(self, index: int) -> Any:
-        return (self.parse, self.default)[index]
-
 
 # Every key either command knows. Each command allows a subset; --help and validation both read this table.
 KEYS: dict[str, Option] = {
@@ -128,14 +121,14 @@ def _shown(key: str) -> str:
 
 def parse_args(argv: Sequence[str], allowed: Sequence[str], required: Sequence[str] = ("name",)) -> dict[str, Any]:
     """Parse `key=value` words into a dict of every allowed key (defaults filled in); raises CliError."""
-    values: dict[str, Any] = {key: KEYS[key][1] for key in allowed}
+    values: dict[str, Any] = {key: KEYS[key].default for key in allowed}
     for word in argv:
         key, sep, text = word.partition("=")
         if not sep:
             raise CliError(f"argument {word!r} is not key=value; allowed keys: {', '.join(allowed)}")
         if key not in allowed:
             raise CliError(f"unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-        values[key] = KEYS[key][0](text)
+        values[key] = KEYS[key].parse(text)
     missing = [key for key in required if values.get(key) is None]
     if missing:
         raise CliError(f"missing {missing[0]}=; allowed keys: {', '.join(allowed)}")

@@ -468,8 +468,7 @@ def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
 
 
 # Column titles of the printed table: short enough for every column to fit 100 characters.
-TABLE_TITLES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
-                "cw_inf": "CW_inf", "autoattack": "AA", "aa_custom": "AA_subset"}
+TABLE_TITLES = {**COLUMN_TITLES, AA_CUSTOM: "AA_subset"}  # one word: the table is whitespace-aligned
 
 
 def final_table(runs: pd.DataFrame, trial_ids: Sequence[str], select: str) -> pd.DataFrame:

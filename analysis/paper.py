@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from trainables.recipes import get_recipe
+
 COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
 RSLAD_ALPHA = 5 / 6
 PAPER_EPS = 8 / 255
@@ -31,8 +33,6 @@ class PaperRow:
     setting: dict[str, Any]
     best: dict[str, float]
     last: dict[str, float] = field(default_factory=dict)
-    recipe: str = ""
-    """The trainables.recipes recipe that reproduces this row (Table 4 and the paper's RSLAD), else empty."""
 
 
 def _rslad(teacher_arch: str = "wrn34_10", rsl_source: str = "nat-nat-nat", epochs: int = 300) -> dict[str, Any]:
@@ -67,7 +67,7 @@ ROWS: tuple[PaperRow, ...] = (
     PaperRow("Table 2", "RSLAD, teacher RN-50", _rslad("resnet50"),
              _cols(82.19, 59.39, 54.09, 55.55, 52.24, 50.80), _cols(82.46, 59.45, 53.57, 55.26, 51.93, 50.29)),
     PaperRow("Tables 2-4", "RSLAD, teacher WRN-34-10 (the paper's setting)", _rslad("wrn34_10"),
-             _RSLAD_BEST, _RSLAD_LAST, recipe="rslad"),
+             _RSLAD_BEST, _RSLAD_LAST),
     PaperRow("Table 2", "RSLAD, teacher WRN-34-20", _rslad("wrn34_20"),
              _cols(83.36, 60.11, 54.18, 55.85, 51.58, 50.49), _cols(83.25, 60.31, 54.24, 55.60, 51.86, 50.50)),
     PaperRow("Table 2", "RSLAD, teacher WRN-70-16", _rslad("wrn70_16"),
@@ -80,32 +80,23 @@ ROWS: tuple[PaperRow, ...] = (
     PaperRow("Table 3", "RSLAD, RSLs T(x),T(x'),T(x)", _rslad(rsl_source="nat-adv-nat"),
              _cols(82.95, 59.81, 54.13, 55.91, 53.06, 51.26)),
     # Table 4: baselines (SAT/TRADES 100 epochs, ARD/IAD 200, "-300" = 300 epochs).
-    PaperRow("Table 4", "Natural", _baseline("natural", 100), _cols(94.65, 0, 0, 0, 0, 0), _cols(94.65, 0, 0, 0, 0, 0),
-             recipe="natural"),
+    PaperRow("Table 4", "Natural", _baseline("natural", 100), _cols(94.65, 0, 0, 0, 0, 0), _cols(94.65, 0, 0, 0, 0, 0)),
     PaperRow("Table 4", "SAT", _baseline("sat", 100),
-             _cols(83.38, 56.41, 49.11, 51.11, 48.67, 45.83), _cols(84.44, 55.37, 46.22, 48.72, 47.14, 43.64),
-             recipe="sat"),
+             _cols(83.38, 56.41, 49.11, 51.11, 48.67, 45.83), _cols(84.44, 55.37, 46.22, 48.72, 47.14, 43.64)),
     PaperRow("Table 4", "SAT-300", _baseline("sat", 300),
-             _cols(83.96, 55.42, 47.04, 49.21, 47.47, 44.73), _cols(84.29, 52.08, 42.42, 44.69, 48.33, 40.99),
-             recipe="sat_300"),
+             _cols(83.96, 55.42, 47.04, 49.21, 47.47, 44.73), _cols(84.29, 52.08, 42.42, 44.69, 48.33, 40.99)),
     PaperRow("Table 4", "TRADES", _baseline("trades", 100),
-             _cols(81.93, 57.49, 52.66, 53.68, 50.58, 49.23), _cols(82.20, 57.86, 52.30, 53.66, 50.69, 49.27),
-             recipe="trades"),
+             _cols(81.93, 57.49, 52.66, 53.68, 50.58, 49.23), _cols(82.20, 57.86, 52.30, 53.66, 50.69, 49.27)),
     PaperRow("Table 4", "TRADES-300", _baseline("trades", 300),
-             _cols(82.06, 57.97, 52.65, 53.96, 50.91, 49.50), _cols(82.79, 57.50, 49.97, 51.83, 49.51, 47.59),
-             recipe="trades_300"),
+             _cols(82.06, 57.97, 52.65, 53.96, 50.91, 49.50), _cols(82.79, 57.50, 49.97, 51.83, 49.51, 47.59)),
     PaperRow("Table 4", "ARD", _baseline("ard", 200, "wrn34_10"),
-             _cols(83.93, 59.31, 52.05, 54.20, 51.22, 49.19), _cols(84.23, 59.33, 51.52, 53.74, 51.24, 48.90),
-             recipe="ard"),
+             _cols(83.93, 59.31, 52.05, 54.20, 51.22, 49.19), _cols(84.23, 59.33, 51.52, 53.74, 51.24, 48.90)),
     PaperRow("Table 4", "ARD-300", _baseline("ard", 300, "wrn34_10"),
-             _cols(84.40, 59.81, 52.36, 54.49, 51.58, 49.70), _cols(85.01, 55.42, 51.59, 53.59, 50.98, 48.72),
-             recipe="ard_300"),
+             _cols(84.40, 59.81, 52.36, 54.49, 51.58, 49.70), _cols(85.01, 55.42, 51.59, 53.59, 50.98, 48.72)),
     PaperRow("Table 4", "IAD", _baseline("iad", 200, "wrn34_10"),
-             _cols(83.24, 58.60, 52.21, 54.18, 51.25, 49.10), _cols(83.90, 58.95, 51.35, 53.15, 50.52, 48.48),
-             recipe="iad"),
+             _cols(83.24, 58.60, 52.21, 54.18, 51.25, 49.10), _cols(83.90, 58.95, 51.35, 53.15, 50.52, 48.48)),
     PaperRow("Table 4", "IAD-300", _baseline("iad", 300, "wrn34_10"),
-             _cols(83.68, 59.20, 52.83, 54.58, 51.84, 49.54), _cols(84.35, 59.92, 51.30, 53.44, 50.61, 48.60),
-             recipe="iad_300"),
+             _cols(83.68, 59.20, 52.83, 54.58, 51.84, 49.54), _cols(84.35, 59.92, 51.30, 53.44, 50.61, 48.60)),
     # Table 5: the SAT+AWP teacher (not in the registry vocabulary; kept for reference, never matched).
     PaperRow("Table 5", "RSLAD* (SAT+AWP teacher)", {**_rslad("wrn34_10"), "teacher_method": "sat_awp"},
              _cols(83.87, None, None, 56.78, None, 51.62), _cols(84.03, None, None, 56.52, None, 51.09)),
@@ -144,8 +135,8 @@ def match_rows(setting: Mapping[str, Any]) -> list[PaperRow]:
         want = row.setting
         if "teacher_method" in want:  # a teacher outside the registry's vocabulary: never matched
             continue
-        if setting.get("recipe") and row.recipe != setting["recipe"]:
-            continue
+        if setting.get("recipe") and row.label != get_recipe(setting["recipe"]).row:
+            continue  # the recipe names its row (trainables.recipes.Recipe.row)
         if setting.get("dataset") != want["dataset"] or setting.get("student") != want["student"]:
             continue
         if setting.get("method") != want["method"]:

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 
 from analysis.runs import DEFAULT_SELECT, result_key
 
-STATUS_MARKERS = {"finished": "o", "stopped_early": "v", "running": "s", "failed": "X"}
+STATUS_MARKERS = {"finished": "o", "stopped_early": "v", "running": "s", "interrupted": "s", "failed": "X"}
 SELECT_LABELS = {"best_val_pgd_acc": "best validation PGD acc.", "val_pgd_acc": "validation PGD acc. (last epoch)",
                  "val_clean_acc": "validation clean acc. (last epoch)"}
 

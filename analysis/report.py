@@ -33,6 +33,7 @@ from analysis.runs import (
     selection_mode,
     result_key,
 )
+from trainables.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def asha_savings(runs: pd.DataFrame) -> AshaSavings:
     budget = runs["epochs"].astype(int) if "epochs" in runs.columns else run
     short = (budget - run).clip(lower=0)
     stopped = runs["status"] == "stopped_early"
-    other = runs["status"].isin(["failed", "running"])
+    other = runs["status"].isin(["failed", "running", "interrupted"])
     return AshaSavings(trials=len(runs), trial_epochs_run=int(run.sum()), full_budget=int(budget.sum()),
                        saved_by_asha=int(short[stopped].sum()), stopped_early=int(stopped.sum()),
                        short_other=int(short[other].sum()))
@@ -239,7 +240,7 @@ def summary(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], selec
                  f"{s.trials} trials to the end); ASHA stopped {s.stopped_early} trial(s) early and saved "
                  f"**{s.saved_by_asha} trial-epochs** ({share:.1f}%).")
     if s.short_other:
-        lines.append(f"- {s.short_other} further trial-epochs were not run by failed or still-running trials "
+        lines.append(f"- {s.short_other} further trial-epochs were not run by failed, interrupted or still-running trials "
                      "(not counted as ASHA savings).")
     return lines
 
@@ -265,9 +266,10 @@ def selection_rules(runs: pd.DataFrame) -> list[str]:
     for _, row in runs.iterrows():
         # Runs recorded before train.val_attack existed used the cheap PGD.
         attack = str(_setting(row, "val_attack", "pgd"))
-        size = int(_setting(row, "val_size", 1000))
-        text = VAL_ATTACK_TEXT.get(attack, attack).format(steps=int(_setting(row, "val_attack_steps", 10)),
-                                                          step=float(_setting(row, "attack_step_size", 2 / 255)))
+        size = int(_setting(row, "val_size", TrainConfig.val_size))
+        text = VAL_ATTACK_TEXT.get(attack, attack).format(
+            steps=int(_setting(row, "val_attack_steps", TrainConfig.val_attack_steps)),
+            step=float(_setting(row, "attack_step_size", TrainConfig.attack_step_size)))
         if size == 0:
             where = "on the test set, so best-checkpoint numbers are test-selected"
             if attack == "pgd_trades":
@@ -284,8 +286,9 @@ def selection_rules(runs: pd.DataFrame) -> list[str]:
 def numerics_notes(runs: pd.DataFrame) -> list[str]:
     """What the bf16 (amp) and T(x') choices of these trials do to their numbers, with the measured figures."""
     lines = []
-    # amp acts only on CUDA; device=cpu trials ran fp32 whatever amp said.
-    amp = {bool(_setting(row, "amp", True)) and _setting(row, "device", "auto") != "cpu" for _, row in runs.iterrows()}
+    # amp acts only on CUDA: a trial ran on CUDA when it logged GPU memory (device=auto decides only at run time).
+    amp = {bool(_setting(row, "amp", TrainConfig.amp)) and pd.notna(row.get("gpu_mem_peak_gb"))
+           for _, row in runs.iterrows()}
     if True in amp:
         lines.append("- **bf16 (train.amp=true)**: on a CUDA device, training and the inner attack ran under bf16 "
                      "autocast (evaluation is fp32; on a CPU amp does nothing). Emulated on a CPU against fp32, one "
@@ -293,7 +296,7 @@ def numerics_notes(runs: pd.DataFrame) -> list[str]:
                      "accuracy is not measured here (`python -m benchmarks.gpu_check` measures it on a GPU). For a "
                      "headline reproduction run with train.amp=false.")
     if False in amp:
-        lines.append("- **fp32** (train.amp=false, or device=cpu): training and attacks in fp32, the control for a "
+        lines.append("- **fp32** (train.amp=false, or not on CUDA): training and attacks in fp32, the control for a "
                      "headline reproduction.")
     t3_adv = sorted({str(row["trial_id"]) for _, row in runs.iterrows()
                      if _setting(row, "method", "") == "rslad" and str(_setting(row, "rsl_source", "")).endswith("-adv")})
@@ -303,9 +306,10 @@ def numerics_notes(runs: pd.DataFrame) -> list[str]:
                      "and its code do not say which); the other reading changes 44-46 % of the x' elements.")
     scales = {(str(_setting(row, "recipe", "")), float(_setting(row, "recipe_scale", 1.0)))
               for _, row in runs.iterrows() if _setting(row, "recipe", "")}
-    short = sorted(name for name, scale in scales if not math.isclose(scale, 1.0))
+    scaled = {(name, scale) for name, scale in scales if not math.isclose(scale, 1.0)}
+    short = sorted({name for name, _ in scaled})
     if short:
-        ratio = "/".join(sorted({f"{scale:.4g}" for _, scale in scales}))
+        ratio = "/".join(sorted({f"{scale:.4g}" for _, scale in scaled}))
         lines.append(f"- **Recipes at {ratio} of their published length** ({', '.join(short)}): the base schedule "
                      "was shorter than the paper's 300 epochs, so every recipe ran a proportional short version.")
     return lines

@@ -350,7 +350,7 @@ def test_report_table_matches_mlflow(finalized, tmp_path):
     assert "Selection metric**: `best_val_pgd_acc` (max)" in text
     assert ("**Checkpoint selection**: every trial kept its best epoch by the cheap validation PGD (CE, uniform "
             "start, 10 steps of 0.025) on a held-out split of 300 training images") in text
-    assert "**fp32** (train.amp=false, or device=cpu)" in text and "bf16" not in text
+    assert "**fp32** (train.amp=false, or not on CUDA)" in text and "bf16" not in text
     assert "**T3 = T(x')** (t0003, t0005)" in text and "44-46 %" in text
     assert [r["Trial"] for r in val_rows] == ["t0001", "t0002", "t0004", "t0003", "t0005"]
     for r in val_rows:
@@ -446,15 +446,24 @@ def test_selection_rule_is_read_from_the_trial_params():
 def test_numerics_notes_state_what_bf16_and_recipe_scaling_did():
     from analysis.report import numerics_notes
 
+    # a trial ran on CUDA when it logged GPU memory; the second follows a recipe at the paper's scale
     gpu = pd.DataFrame([{"trial_id": "a", "amp": True, "device": "auto", "method": "rslad", "rsl_source": "nat-nat-nat",
-                         "recipe": "sat", "recipe_scale": 8 / 300}])
+                         "recipe": "sat", "recipe_scale": 8 / 300, "gpu_mem_peak_gb": 3.2},
+                        {"trial_id": "b", "amp": True, "device": "auto", "method": "sat", "rsl_source": "nat-nat-nat",
+                         "recipe": "trades", "recipe_scale": 1.0, "gpu_mem_peak_gb": 3.0}])
     notes = "\n".join(numerics_notes(gpu))
     assert "bf16 (train.amp=true)" in notes and "5.5 % of the x' elements and the gradient by 1.8 %" in notes
-    assert "train.amp=false" in notes and "T3 = T(x')" not in notes
+    assert "train.amp=false" in notes and "T3 = T(x')" not in notes and "**fp32**" not in notes
     assert "Recipes at 0.02667 of their published length** (sat)" in notes
-    control = pd.DataFrame([{"trial_id": "a", "amp": False, "device": "cuda", "recipe": "", "recipe_scale": 1.0}])
-    assert numerics_notes(control) == ["- **fp32** (train.amp=false, or device=cpu): training and attacks in fp32, "
-                                       "the control for a headline reproduction."]
+    fp32 = ["- **fp32** (train.amp=false, or not on CUDA): training and attacks in fp32, "
+            "the control for a headline reproduction."]
+    control = pd.DataFrame([{"trial_id": "a", "amp": False, "device": "cuda", "recipe": "", "recipe_scale": 1.0,
+                             "gpu_mem_peak_gb": 3.2}])
+    assert numerics_notes(control) == fp32
+    # amp=true with device=auto on a machine without CUDA trained in fp32: no GPU memory was logged
+    cpu = pd.DataFrame([{"trial_id": "a", "amp": True, "device": "auto", "recipe": "", "recipe_scale": 1.0,
+                         "gpu_mem_peak_gb": float("nan")}])
+    assert numerics_notes(cpu) == fp32
 
 
 def test_compare_puts_each_recipe_beside_its_table4_row():

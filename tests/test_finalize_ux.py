@@ -12,7 +12,7 @@ import pytest
 from analysis import finalize as fin
 from analysis.cli import KEYS, parse_args
 from analysis.runs import TEST_COLUMNS, load_runs, result_key
-from test_analysis import EPS, train_tiny, trial_config
+from test_analysis import train_tiny, trial_config
 
 NAME = "ux-search"
 AA_N = 16
