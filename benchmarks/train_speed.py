@@ -22,7 +22,7 @@ import torch
 from trainables.config import TrainConfig
 from trainables.data import DeviceLoader
 from trainables.methods import METHODS
-from trainables.models import build_model
+from trainables.models import build_model, list_models
 from trainables.runtime import autocast_dtype, resolve_device, setup_runtime
 from trainables.teachers import FrozenTeacher, TeacherSpec
 
@@ -115,11 +115,15 @@ def bench_data(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
 
 
 # --- 2. training step ---------------------------------------------------------------------
+def benchmark_spec(arch: str) -> TeacherSpec:
+    """The teacher entry 'benchmark_<arch>' of the benchmarks: CIFAR-10, random weights (the same compute as trained ones)."""
+    return TeacherSpec(name=f"benchmark_{arch}", arch=arch, dataset="cifar10", method="random", eps=8 / 255,
+                       clean_acc=None, aa_acc=None, source="trained", notes="random weights, for timing only")
+
+
 def random_teacher(arch: str, device: torch.device, channels_last: bool) -> FrozenTeacher:
     """A frozen, randomly initialised teacher: the same compute as a trained one, no weights file needed."""
-    spec = TeacherSpec(name=f"benchmark_{arch}", arch=arch, dataset="cifar10", method="random", eps=8 / 255,
-                       clean_acc=None, aa_acc=None, source="trained", notes="random weights, for timing only")
-    teacher = FrozenTeacher(build_model(arch, NUM_CLASSES, 3), spec).to(device)
+    teacher = FrozenTeacher(build_model(arch, NUM_CLASSES, 3), benchmark_spec(arch)).to(device)
     return teacher.to(memory_format=torch.channels_last) if channels_last else teacher
 
 
@@ -176,29 +180,60 @@ def bench_training(images: np.ndarray, labels: np.ndarray, args: argparse.Namesp
 
 
 # --- main ---------------------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer >= 1")
+    return value
+
+
+def checked_device(p: argparse.ArgumentParser, name: str) -> torch.device:
+    """--device resolved, or argparse's one-line usage error (exit 2)."""
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ValueError) as err:
+        p.error(f"--device {name}: {err}")
+        raise  # p.error exits; this line keeps type checkers content
+
+
+def print_header(device: torch.device) -> None:
+    """The lines every benchmark starts with: device, versions, threads and load."""
+    import torchvision
+
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"device        : {device}{gpu}")
+    print(f"torch         : {torch.__version__}  torchvision {torchvision.__version__}  python {platform.python_version()}")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"threads       : torch {torch.get_num_threads()} / {os.cpu_count()} CPUs (load average {load})")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; defaults depend on the device (smaller on CPU to stay under ~1 minute)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    p.add_argument("--images", type=int, default=10000, help="images in the data-path epoch (default 10000)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported) after 1 warm-up")
-    p.add_argument("--student", default=None, help="student model (default: cnn_small on CPU, resnet18 on CUDA)")
-    p.add_argument("--teacher", default=None, help="rslad teacher arch, random weights "
-                                                   "(default: cnn_medium on CPU, wrn34_10 on CUDA)")
+    p.add_argument("--images", type=positive_int, default=10000, help="images in the data-path epoch (default 10000)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (median reported) after 1 warm-up")
+    p.add_argument("--student", default=None, choices=list_models(),
+                   help="student model (default: cnn_small on CPU, resnet18 on CUDA)")
+    p.add_argument("--teacher", default=None, choices=list_models(),
+                   help="rslad teacher arch, random weights (default: cnn_medium on CPU, wrn34_10 on CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--train-batches", type=int, default=None, help="batches per timed training repeat "
                                                                     "(default: 3 on CPU, 20 on CUDA)")
     p.add_argument("--workers", type=int, default=0, help="baseline DataLoader num_workers (default 0)")
     p.add_argument("--skip-data", action="store_true", help="skip the data-path benchmark")
     p.add_argument("--skip-train", action="store_true", help="skip the training-step benchmark")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.device = checked_device(p, args.device)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run both benchmarks and print their tables."""
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = args.device
     on_cuda = device.type == "cuda"
     args.student = args.student or ("resnet18" if on_cuda else "cnn_small")
     args.teacher = args.teacher or ("wrn34_10" if on_cuda else "cnn_medium")
@@ -207,13 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     images, labels, source = cifar_shaped(max(args.images, args.batch_size * args.train_batches))
 
-    import torchvision
-
-    gpu = f" ({torch.cuda.get_device_name(device)})" if on_cuda else ""
-    print(f"device        : {device}{gpu}")
-    print(f"torch         : {torch.__version__}  torchvision {torchvision.__version__}  python {platform.python_version()}")
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"threads       : torch {torch.get_num_threads()} / {os.cpu_count()} CPUs (load average {load})")
+    print_header(device)
     print(f"data          : {source}, 32x32x3, {args.images} images in the data-path epoch")
     print(f"settings      : batch {args.batch_size}, median of {args.repeats} repeats after 1 warm-up")
 
