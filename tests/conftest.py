@@ -1,5 +1,6 @@
 """Shared test fixtures: one torch thread, real digits as float tensors, and a small trained classifier."""
 
+import os
 from typing import Callable
 
 import pytest
@@ -7,6 +8,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Commands run in-process (main() of search.run, ray.init) set variables such as RAY_AUTH_MODE or
+    MLFLOW_LOGGING_LEVEL; they must not reach the next test's subprocesses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from commands import env as command_env
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +144,7 @@ def cifar_search(tmp_path_factory):
     write_teacher(work / "teachers")
     (work / "site").mkdir()
     (work / "site" / "sitecustomize.py").write_text(textwrap.dedent(SITECUSTOMIZE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+    env = {**command_env(work),
            "PYTHONPATH": os.pathsep.join([str(work / "site"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     uri = f"sqlite:///{work / 'mlruns.db'}"
     command = [sys.executable, "-m", "search.run", "space=alpha", "profile=paper", f"name={NAME}",

@@ -57,7 +57,7 @@ def head_node(tmp_path_factory):
     temp_dir = tempfile.mkdtemp(prefix="rslad-ray-")
     started = ray(token, "start", "--head", f"--port={GCS_PORT}", f"--dashboard-port={DASHBOARD_PORT}",
                   "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
-                  "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats")
+                  "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", "--disable-usage-stats")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{DASHBOARD_PORT}", token

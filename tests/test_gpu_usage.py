@@ -11,11 +11,12 @@ from trainables.gpu_usage import UtilisationSampler
 
 
 def test_nothing_is_sampled_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 1 / 0)  # must not be called
+    calls = []
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: calls.append(device) or 50)
     sampler = UtilisationSampler(torch.device("cpu"))
     for _ in range(5):
         sampler.step()
-    assert sampler.epoch_mean() is None
+    assert sampler.epoch_mean() is None and calls == []
 
 
 def test_samples_at_most_every_interval_and_reports_the_epochs_mean(monkeypatch):

@@ -61,8 +61,9 @@ def test_timers_exclude_nested_calls_and_dump_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_time_on_a_tiny_real_search(tmp_path, capsys):
+def test_search_time_on_a_tiny_real_search(tmp_path, capsys, monkeypatch):
     """About 1-2 minutes on 2 cores: one trial of 2 epochs, teachers trained for 1 epoch."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the command's Ray writes no ~/.ray of the person running tests
     main(["--num-samples", "1", "--workdir", str(tmp_path), "--json", str(tmp_path / "split.json"), "--",
           "space=alpha", "profile=smoke", "train.epochs=2", "train.train_subset=256", "teachers.epochs=1",
           "max_concurrent=1"])

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from spaces import SPACES_DIR, Space, SpaceError, list_spaces, load_space
-from trainables.config import RSL_SOURCES, TrainConfig
+from trainables.config import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

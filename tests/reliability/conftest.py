@@ -1,12 +1,11 @@
-"""Shared pieces of the reliability suite: a quickly trained teacher, the real command, MLflow read-back."""
+"""Shared pieces of the reliability suite: a quickly trained teacher, the tiny smoke settings, progress read from Tune's files.
+
+Running the real command and reading MLflow back: tests/commands.py.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -51,53 +50,6 @@ def trained_teacher(tmp_path_factory) -> Path:
     return folder
 
 
-def env(cwd: Path) -> dict:
-    """One thread per trial, unbuffered output, and a fresh HOME (no ~/.ray from earlier runs: a new machine)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HOME": str(cwd / "home")}
-
-
-def search_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "search.run", *args]
-
-
-def run_search(cwd: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The real command, to the end."""
-    return subprocess.run(search_cmd(*args), cwd=cwd, env=env(cwd), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def start_search(cwd: Path, *args: str, log: Path) -> subprocess.Popen:
-    """The real command in the background, in a process group of its own (so its Ray can be cleaned up)."""
-    return subprocess.Popen(search_cmd(*args), cwd=cwd, env=env(cwd), stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def client(db: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{db}")
-
-
-def runs_of(db: Path, name: str, c=None) -> tuple:
-    """(client, parent runs, trial runs by trial id) of experiment `name`; empty when there is none yet.
-
-    Pass the client of an earlier call when polling: opening the store takes most of a second.
-    """
-    if not db.exists():
-        return None, [], {}
-    c = c or client(db)
-    exp = c.get_experiment_by_name(name)
-    runs = c.search_runs([exp.experiment_id]) if exp else []
-    parents = [r for r in runs if r.data.tags.get("rslad.role") == "search"]
-    children = {r.data.tags["ray.trial_id"]: r for r in runs if r.data.tags.get("rslad.role") == "trial"}
-    return c, parents, children
-
-
-def steps(c, run) -> list[int]:
-    """The epochs logged for val_pgd_acc, in order."""
-    return sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_pgd_acc"))
-
-
 def trial_progress(experiment: Path) -> dict[str, tuple[int, bool]]:
     """trial id -> (last epoch reported, whether that result ended the trial), from Tune's result.json files.
 
@@ -114,16 +66,3 @@ def trial_progress(experiment: Path) -> dict[str, tuple[int, bool]]:
         if last is not None:
             out[last["trial_id"]] = (int(last.get("epoch", 0)), bool(last.get("done")))
     return out
-
-
-def wait_for(predicate, timeout: float, what: str, every_s: float = 1.0) -> None:
-    """Poll predicate() (errors from a half-written SQLite file count as not yet)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:  # noqa: BLE001  (the store is being created by the command under test)
-            pass
-        time.sleep(every_s)
-    pytest.fail(f"timed out waiting for {what}")

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, client, run_search, runs_of, start_search, steps, trial_progress, wait_for
+from commands import client, run_search, runs_of, start_search, steps, wait_for
+
+from .conftest import TINY, trial_progress
 from .procs import cmdline, descendants, kill_group, listening_addresses
 
 pytestmark = pytest.mark.slow

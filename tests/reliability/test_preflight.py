@@ -21,7 +21,9 @@ from search.errors import run_cli
 from search.plan import plan_search
 from search.run import main
 
-from .conftest import TEACHER, TINY, client
+from commands import client
+
+from .conftest import TEACHER, TINY
 
 
 def tree(folder: Path) -> dict[str, tuple]:

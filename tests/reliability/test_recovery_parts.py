@@ -127,8 +127,11 @@ def test_a_flagged_failure_reaches_optuna_as_fail_not_as_a_score():
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
 
 
-def test_a_restored_tracker_writes_where_the_current_command_says(tmp_path):
+def test_a_restored_tracker_writes_where_the_current_command_says(tmp_path, monkeypatch):
+    from search import tracking
     from search.tracking import STORAGE, MLflowTracker, artifact_location, use_current_command
+
+    monkeypatch.setattr(tracking, "_CURRENT", {})  # this test's command only, gone afterwards
 
     old = MLflowTracker("sqlite:////old/place.db", "exp", {STORAGE: "/old/runs/exp"}, {}, {})
     blob = pickle.dumps(old)  # as Tune keeps it in the search's storage
