@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from search.plan import SearchPlan, epoch_values, expected_trial_epochs, planned_epochs
+from search.plan import SearchPlan, expected_trial_epochs, planned_epochs
 
 WIDTH = 100
 LABEL = 14
@@ -88,7 +88,7 @@ def trial_epochs_text(plan: SearchPlan) -> str:
     """Expected trial-epochs with ASHA next to what every trial running its whole schedule would cost."""
     full, expected = expected_trial_epochs(plan)
     epochs = planned_epochs(plan)
-    per_trial = f"{_count(epochs, 'epoch')} per trial" + (" on average" if len(set(epoch_values(plan))) > 1 else "")
+    per_trial = f"{_count(epochs, 'epoch')} per trial" + (" on average" if len(set(plan.epoch_values)) > 1 else "")
     if plan.scheduler != "asha":
         return f"{full} ({plan.num_samples} trials x {per_trial}; scheduler none: every trial runs to its end)"
     asha = plan.space.budget["asha"]

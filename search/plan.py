@@ -6,7 +6,8 @@ import itertools
 import json
 import math
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,34 @@ class SearchPlan:
     max_concurrent: int
     scheduler: str
     teachers: list[str]
-    study_url: str | None = None
-    """The Optuna study's database (None: in memory); a resume keeps the one its search started with."""
+    epoch_values: list[float] = field(default_factory=list)
+    """The schedule (train.epochs) of each distinct configuration of the space's choices (see schedules)."""
 
     @property
     def experiment_path(self) -> str:
         """Where Ray keeps this search's state and trial checkpoints."""
         return f"{self.cfg['storage'].rstrip('/')}/{self.name}"
+
+    @cached_property
+    def saved(self) -> dict[str, Any] | None:
+        """The description saved in storage under this name (search.record), read once when first asked (planning
+        itself touches no storage); None for a new name or a search of an older version."""
+        from search import record
+
+        return record.read(self.experiment_path)  # JSON only: nothing is unpickled before the trust check
+
+    @cached_property
+    def study_url(self) -> str | None:
+        """The Optuna study's database (None: in memory): for resume=true where the search started it (its saved
+        description says), else optuna.storage, beside a sqlite tracking store, or in local storage."""
+        from search import record
+        from search.optuna_study import study_storage_url
+
+        cfg = self.cfg
+        if cfg["resume"] and self.saved and record.STUDY in self.saved:
+            return self.saved[record.STUDY]
+        tracking = cfg["tracking"]["uri"] if cfg["tracking"]["enabled"] else None
+        return study_storage_url(tracking, cfg["storage"], cfg["optuna"]["storage"])
 
 
 def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
@@ -66,7 +88,8 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
     base["rsl_cache_dir"] = rsl_cache_dir(cfg, name)
     scheduler = cfg["scheduler"] or budget.get("scheduler", "asha")  # the key table checked cfg's value
     num_samples = int(cfg["num_samples"] or budget["num_samples"])
-    distinct = distinct_configs(space)
+    combos = choice_overrides(space)
+    distinct = None if combos is None or any(p.type != "choice" for p in space.params) else len(combos)
     if distinct is not None and num_samples > distinct:
         # Same config and same seed give the same run: more trials than configurations only repeat work.
         log.warning("space %s has %d distinct configurations; running %d trials, not %d",
@@ -76,44 +99,35 @@ def plan_search(overrides: list[str], cwd: Path | None = None) -> SearchPlan:
         cfg=cfg, name=name, profile=profile, space=space, base_train=base,
         num_samples=num_samples,
         max_concurrent=int(cfg["max_concurrent"] or budget["max_concurrent"]),
-        scheduler=scheduler, teachers=teachers_in_play(space), study_url=study_url(cfg, name))
+        scheduler=scheduler, teachers=teachers_in_play(space), epoch_values=schedules(space, base, combos))
 
 
-def study_url(cfg: dict[str, Any], name: str) -> str | None:
-    """Where the search's Optuna study lives: for resume=true where the search started it (its description in
-    storage says), else optuna.storage, beside a sqlite tracking store, or in local storage (search.optuna_study)."""
-    from search import record
-    from search.optuna_study import study_storage_url
+def choice_overrides(space: Space) -> list[dict[str, Any]] | None:
+    """The distinct define-by-run overrides over every combination of the space's choice params (conditionals and
+    recipes applied); None when there are more than MAX_ENUMERATED combinations."""
+    choices = [p for p in space.params if p.type == "choice"]
+    if math.prod(len(p.values) for p in choices) > MAX_ENUMERATED:
+        return None
+    distinct = {}
+    for combo in itertools.product(*(p.values for p in choices)):
+        overrides = space.train_overrides({p.name: v for p, v in zip(choices, combo)})
+        distinct[json.dumps(overrides, sort_keys=True, default=str)] = overrides
+    return list(distinct.values())
 
-    if cfg["resume"]:
-        saved = record.read(f"{cfg['storage'].rstrip('/')}/{name}")
-        if saved and record.STUDY in saved:
-            return saved[record.STUDY]
-    tracking = cfg["tracking"]["uri"] if cfg["tracking"]["enabled"] else None
-    return study_storage_url(tracking, cfg["storage"], cfg["optuna"]["storage"])
 
-
-def epoch_values(plan: SearchPlan) -> list[float]:
+def schedules(space: Space, base: dict[str, Any], combos: list[dict[str, Any]] | None) -> list[float]:
     """The schedule (train.epochs) of each distinct configuration of the space's choices, recipes applied (a
     method space mixes 100-, 200- and 300-epoch rows); a range param on epochs counts as its midpoint."""
-    base = float(plan.base_train["epochs"])
-    for p in plan.space.params:
+    for p in space.params:
         if p.target == "epochs" and p.type != "choice":
             return [(p.low + p.high) / 2]
-    choices = [p for p in plan.space.params if p.type == "choice"]
-    if math.prod(len(p.values) for p in choices) > MAX_ENUMERATED:
-        return [base]
-    schedules = {}
-    for combo in itertools.product(*(p.values for p in choices)):
-        overrides = plan.space.train_overrides({p.name: v for p, v in zip(choices, combo)})
-        schedules[json.dumps(overrides, sort_keys=True, default=str)] = float(overrides.get("train/epochs", base))
-    return list(schedules.values()) or [base]
+    epochs = float(base["epochs"])
+    return [float(o.get("train/epochs", epochs)) for o in combos or []] or [epochs]
 
 
 def planned_epochs(plan: SearchPlan) -> float:
     """Epochs of one trial's schedule: train.epochs, or the mean of the schedules a space searches."""
-    values = epoch_values(plan)
-    return sum(values) / len(values)
+    return sum(plan.epoch_values) / len(plan.epoch_values)
 
 
 def expected_trial_epochs(plan: SearchPlan) -> tuple[int, int | None]:
@@ -125,7 +139,7 @@ def expected_trial_epochs(plan: SearchPlan) -> tuple[int, int | None]:
     asha = plan.space.budget["asha"]
     if asha["time_attr"] != "schedule_pct":
         return full, None  # rungs in some other unit: no estimate in trial-epochs
-    values = epoch_values(plan)
+    values = plan.epoch_values
     expected = sum(asha_expected_trial_epochs(plan.num_samples, e, asha["grace_period"], asha["reduction_factor"],
                                               asha["max_t"], rounded=False) for e in values) / len(values)
     return full, int(round(expected))
@@ -168,16 +182,6 @@ def rsl_cache_dir(cfg: dict[str, Any], name: str) -> str:
                     "give train.rsl_cache_dir=/a/shared/folder to share them", cfg["storage"])
         return ""
     return f"{cfg['storage'].rstrip('/')}/{name}/rsl_cache"
-
-
-def distinct_configs(space: Space) -> int | None:
-    """How many different trial configs a space of choices can produce (conditionals applied); None if unbounded."""
-    if any(p.type != "choice" for p in space.params):
-        return None
-    names = [p.name for p in space.params]
-    combos = itertools.product(*(p.values for p in space.params))
-    return len({json.dumps(space.train_overrides(dict(zip(names, combo))), sort_keys=True, default=str)
-                for combo in combos})
 
 
 def teachers_in_play(space: Space) -> list[str]:

@@ -79,7 +79,7 @@ def check_saved_search(plan: SearchPlan) -> dict | None:
 
     path = plan.experiment_path
     exists = tune.Tuner.can_restore(path)
-    saved = record.read(path) if exists or not plan.cfg["resume"] else None
+    saved = plan.saved
     if not plan.cfg["resume"]:
         if exists:
             raise SearchInputError(f"a search named {plan.name!r} already exists at {path}; "

@@ -113,8 +113,7 @@ def run_search(plan: SearchPlan):
     if plan.cfg["resume"]:
         # Tune restores the searcher, scheduler and callbacks pickled in storage; only the trainable is
         # given anew, and the restored MLflow tracker writes where this command says.
-        saved = record.read(plan.experiment_path)
-        search_id = saved["search_id"] if saved else None
+        search_id = plan.saved["search_id"]  # the preflight refused a resume without a saved description
         use_current_command(plan.name, plan.cfg["tracking"]["uri"], parent_tags(plan, search_id))
         log.info("resuming %s from %s", plan.name, plan.experiment_path)
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable(plan),
