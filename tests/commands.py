@@ -63,6 +63,19 @@ def steps(c, run) -> list[int]:
     return sorted(m.step for m in c.get_metric_history(run.info.run_id, "val_pgd_acc"))
 
 
+SMOKE_NAME = "alpha-smoke"
+
+
+def smoke_search(folder: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """`python -m search.run space=alpha profile=smoke` (6 trials of 6 epochs, the teacher trained on first use) in
+    folder, and its wall time; tests/conftest.py runs it once per session for every test that reads it."""
+    start = time.monotonic()
+    proc = run_search(folder, "space=alpha", "profile=smoke", f"name={SMOKE_NAME}", "num_samples=6", "train.epochs=6",
+                      timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, time.monotonic() - start
+
+
 def wait_for(predicate, timeout: float, what: str, every_s: float = 1.0) -> None:
     """Poll predicate(); errors count as not yet (the store is being created by the command under test), and the
     last one is named if the wait times out, so a bug in the predicate does not pass for a slow command."""

@@ -20,6 +20,15 @@ def environment_restored():
     os.environ.update(saved)
 
 
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(folder, completed process, seconds) of one real smoke search, shared by the end-to-end and screenshot tests."""
+    from commands import smoke_search
+
+    folder = tmp_path_factory.mktemp("smoke-search")
+    return (folder, *smoke_search(folder))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
     """Tiny models gain nothing from threads, and on a shared 2-core machine 2 threads ran 2-10x slower."""
@@ -27,6 +36,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+DIGITS_TEACHER = "digits_cnn_medium_trades"
+
+
+def save_random_teacher(folder, seed: int = 0):
+    """The smoke teacher's file (cnn_medium) with seeded random weights, where the registry entry looks for it."""
+    from trainables.models import build_model
+    from trainables.teachers import default_checkpoint_path, save_teacher_checkpoint
+
+    torch.manual_seed(seed)
+    return save_teacher_checkpoint(build_model("cnn_medium", 10, 1), default_checkpoint_path(DIGITS_TEACHER, folder),
+                                   DIGITS_TEACHER, {})
 
 
 class DigitsNet(nn.Module):
@@ -41,11 +63,12 @@ class DigitsNet(nn.Module):
         return self.head(self.body(x))
 
 
-def train_digits_net(x: torch.Tensor, y: torch.Tensor, steps: int = 300, seed: int = 0) -> DigitsNet:
-    """Adam on minibatches of the real digits; a few hundred steps reach ~95 % test accuracy."""
+def train_digits_net(x: torch.Tensor, y: torch.Tensor, steps: int = 300, seed: int = 0,
+                     model: Callable[[], nn.Module] = DigitsNet) -> nn.Module:
+    """Adam on minibatches of the real digits (model() built after seeding); a few hundred steps reach ~95 % test accuracy."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitsNet()
+    model = model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):

@@ -74,22 +74,13 @@ def trial_config(tmp: Path, alpha: float, rsl_source: str, teacher: str):
 
 def train_tiny(seed: int, steps: int) -> torch.nn.Module:
     """cnn_small after a few plain CE steps on digits: accurate enough that attacks have something to break."""
+    from conftest import train_digits_net
+
     from trainables.data import load_digits_tensors, to_float
     from trainables.models import build_model
 
-    torch.manual_seed(seed)
     x, y, _, _ = load_digits_tensors()
-    x = to_float(x)
-    model = build_model("cnn_small", num_classes=10, in_channels=1)
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for step in range(steps):
-        idx = torch.randint(0, len(y), (128,))
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_digits_net(to_float(x), y, steps, seed, model=lambda: build_model("cnn_small", 10, 1))
 
 
 def write_fake_search(tmp: Path) -> dict:

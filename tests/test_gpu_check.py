@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import save_random_teacher
 
 from benchmarks import gpu_check
 from trainables.config import TrainConfig
-from trainables.models import build_model
-from trainables.teachers import default_checkpoint_path, save_teacher_checkpoint
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the check would really run")
@@ -16,9 +15,8 @@ def test_without_cuda_it_says_so_and_exits_0(capsys):
 
 
 def test_comparison_runs_and_amp_changes_no_cpu_training_but_bf16_changes_a_step(tmp_path):
-    torch.manual_seed(0)
     teacher = "digits_cnn_medium_trades"
-    save_teacher_checkpoint(build_model("cnn_medium", 10, 1), default_checkpoint_path(teacher, tmp_path), teacher, {})
+    save_random_teacher(tmp_path)
     cfg = TrainConfig.from_dict({"dataset": "digits", "student": "cnn_small", "teacher": teacher, "method": "rslad",
                                  "teachers_dir": str(tmp_path), "epochs": 1, "train_subset": 128, "val_size": 64,
                                  "batch_size": 64, "eps": 0.1, "attack_step_size": 0.025, "device": "cpu",

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import save_random_teacher
 
 from trainables import checkpoints
 from trainables.config import TrainConfig
@@ -124,13 +125,9 @@ def test_a_reused_worker_gives_the_same_metrics_as_a_fresh_process(tmp_path, mon
     import sys
 
     from trainables import data, teachers
-    from trainables.models import build_model
     from trainables.runtime import clear_process_caches
 
-    torch.manual_seed(0)
-    teachers.save_teacher_checkpoint(build_model("cnn_medium", 10, 1),
-                                     teachers.default_checkpoint_path("digits_cnn_medium_trades", tmp_path),
-                                     "digits_cnn_medium_trades", {})
+    save_random_teacher(tmp_path)
     cfg = digits_cfg(method="rslad", teacher="digits_cnn_medium_trades", teachers_dir=str(tmp_path), epochs=2,
                      train_subset=256, attack_steps=3, val_attack_steps=3)
     strip = lambda ms: [{k: v for k, v in m.items() if k not in TIMINGS} for m in ms]

@@ -7,26 +7,18 @@ import time
 
 import pytest
 import torch
+from conftest import save_random_teacher
 
 from trainables.config import TrainConfig
 from trainables.loop import Training
 from trainables.methods import METHODS
-from trainables.models import build_model
 from trainables.rsl_cache import CachedTeacher, SoftLabelCache, teacher_logits
 from trainables.runtime import clear_process_caches
-from trainables.teachers import default_checkpoint_path, save_teacher_checkpoint
 
 TEACHER = "digits_cnn_medium_trades"
 DIGITS = dict(dataset="digits", student="cnn_small", batch_size=64, lr=0.05, eps=0.1, attack_step_size=0.025,
               val_size=300, device="cpu", lr_milestones=(6, 7), lr_milestones_ref=8, num_threads=1,
               teacher=TEACHER, epochs=2, train_subset=256, val_attack_steps=3, attack_steps=4)
-
-
-def save_random_teacher(folder, seed=0):
-    """A cnn_medium teacher with random weights (the cache does not care how good it is)."""
-    torch.manual_seed(seed)
-    return save_teacher_checkpoint(build_model("cnn_medium", 10, 1), default_checkpoint_path(TEACHER, folder),
-                                   TEACHER, {})
 
 
 @pytest.fixture

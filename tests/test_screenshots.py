@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,10 +18,12 @@ import numpy as np
 import pytest
 
 from browser import INSTALL, distinct_colours, find_chromium, free_port, pixels, screenshot, serve
+from commands import SMOKE_NAME
+from commands import env as command_env
 from search.mlflow_view import KIND_TAG, experiment_tags, runs_url, runs_view
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "alpha-shots"
+NAME = SMOKE_NAME
 SIZE = (1400, 900)  # pixels of each PNG
 SCALE = 0.8  # laid out in a 1750 x 1125 window, drawn at 80 %: the whole runs table beside MLflow's Assistant panel
 
@@ -59,22 +60,16 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory) -> dict:
-    """`python -m search.run space=alpha profile=smoke` on 4 trials of 4 epochs (teacher trained first, 2 epochs)."""
-    folder = tmp_path_factory.mktemp("shots-search")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(folder), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "search.run", "space=alpha", "profile=smoke", f"name={NAME}",
-                           "num_samples=4", "train.epochs=4", "teachers.epochs=2"], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def search(smoke_run) -> dict:
+    """The session's smoke search (tests/commands.smoke_search; its experiment tags and printed runs URL are checked
+    in tests/test_search_e2e.py): where it is, and the environment to serve its pages with."""
     from mlflow.tracking import MlflowClient
 
+    folder = smoke_run[0]
     uri = f"sqlite:///{folder}/mlruns.db"
     exp = MlflowClient(uri).get_experiment_by_name(NAME)
-    # The tracker tagged the experiment itself; the command printed the URL of its runs table.
-    assert exp.tags[KIND_TAG] == "custom_model_development" and "mlflow.sharedViewState.rslad" in exp.tags
-    assert f"then open {runs_url('http://127.0.0.1:5000', exp.experiment_id)}" in proc.stdout
-    return {"folder": folder, "uri": uri, "experiment_id": exp.experiment_id, "env": env}
+    return {"folder": folder, "uri": uri, "experiment_id": exp.experiment_id, "env": {**command_env(folder),
+                                                                                       "PYTHONPATH": str(REPO)}}
 
 
 def assert_real_page(png: Path) -> np.ndarray:

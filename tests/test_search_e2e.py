@@ -3,11 +3,10 @@
 Interrupts, resumes and failing trials are in tests/reliability/.
 """
 
-import time
 from pathlib import Path
 
 import pytest
-from commands import run_command, run_search, runs_of
+from commands import run_command, runs_of
 
 pytestmark = pytest.mark.slow
 
@@ -19,18 +18,14 @@ def trial_runs(folder: Path, name: str) -> tuple:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("search")
+def workdir(smoke_run) -> Path:
+    return smoke_run[0]
 
 
 @pytest.fixture(scope="module")
-def smoke_search(workdir):
-    """`python -m search.run space=alpha profile=smoke` (6 trials of 6 epochs), teacher trained on first use."""
-    start = time.monotonic()
-    proc = run_search(workdir, "space=alpha", "profile=smoke", "name=alpha-smoke", "num_samples=6", "train.epochs=6",
-                      timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc, time.monotonic() - start
+def smoke_search(smoke_run) -> tuple:
+    """(completed process, seconds) of the session's smoke search (tests/commands.smoke_search)."""
+    return smoke_run[1:]
 
 
 def test_smoke_search_records_parent_and_children_and_asha_stops_some(smoke_search, workdir):

@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 TEACHER = "digits_cnn_medium_trades"
 # The smoke profile shrunk to seconds per trial: 256 training images, 100 for validation.
@@ -20,26 +17,15 @@ TINY = ("profile=smoke", "train.train_subset=256", "train.val_size=100")
 
 def train_teacher(path: Path) -> Path:
     """A cnn_medium digits classifier, plain CE for 150 steps (~99 % train accuracy), saved as the smoke teacher."""
-    from sklearn.datasets import load_digits
+    from conftest import train_digits_net
 
+    from trainables.data import load_digits_tensors, to_float
     from trainables.models import build_model
     from trainables.teachers import save_teacher_checkpoint
 
-    torch.manual_seed(0)
-    digits = load_digits()
-    # the same uint8 grid the data path uses (0..16 -> 0..255), scaled to [0, 1]
-    x = torch.tensor(np.rint(digits.images * 255 / 16) / 255, dtype=torch.float32)[:, None]
-    y = torch.tensor(digits.target)
-    model = build_model("cnn_medium", num_classes=10, in_channels=1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, len(y), (128,), generator=gen)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return save_teacher_checkpoint(model.eval(), path, TEACHER, {})
+    x, y, _, _ = load_digits_tensors()
+    model = train_digits_net(to_float(x), y, steps=150, model=lambda: build_model("cnn_medium", 10, 1))
+    return save_teacher_checkpoint(model, path, TEACHER, {})
 
 
 @pytest.fixture(scope="session")

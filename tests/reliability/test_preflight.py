@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from search.errors import run_cli
 from search.plan import plan_search
 from search.run import main
 
-from commands import client
+from commands import client, run_search
 
 from .conftest import TEACHER, TINY
 
@@ -256,8 +254,7 @@ def test_resume_from_a_folder_others_can_write_is_refused(folder, capsys):
 
 def test_the_real_command_refuses_in_seconds(folder):
     """The same refusal through `python -m search.run`: exit 2, one line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "search.run", "space=alpha", *TINY, "trial.cpus=999"],
-                          cwd=folder, capture_output=True, text=True, timeout=120)
+    proc = run_search(folder, "space=alpha", *TINY, "trial.cpus=999", timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         f"error: trial.cpus=999 can never run: this machine has {os.cpu_count()} CPUs; allowed: trial.cpus <= "
