@@ -4,6 +4,9 @@ Figures are built on matplotlib.figure.Figure directly (no pyplot): no global ba
 chosen, nothing is left open, and a notebook displays the returned Figure as it is.
 Robustness on the y axes: the selection metric (validation) for every trial, and the
 test-set column of the supplement's matching figure/table for finalized trials, both in %.
+plot_k, plot_teacher and plot_rsl_source take optional `intervals` (one per configuration, e.g. the
+replicates' analysis.stats.replicate_summary) and draw them as points with error bars; without them
+the figures are as before.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from matplotlib.lines import Line2D
 
 from analysis.runs import DEFAULT_SELECT, result_key
 
+INTERVAL_LABEL = "replicates: mean and 95 % interval"
 STATUS_MARKERS = {"finished": "o", "stopped_early": "v", "running": "s", "interrupted": "s", "failed": "X"}
 SELECT_LABELS = {"best_val_pgd_acc": "best validation PGD acc.", "val_pgd_acc": "validation PGD acc. (last epoch)",
                  "val_clean_acc": "validation clean acc. (last epoch)"}
@@ -84,9 +88,33 @@ def _scatter_by_status(ax: Any, x: Sequence[float], y: Sequence[float], statuses
         ax.scatter(np.asarray(x)[idx], np.asarray(y)[idx], marker=STATUS_MARKERS.get(status, "o"), **kw)
 
 
+def _interval_parts(value: Any) -> tuple[float, float, float]:
+    """(centre, low, high) fractions of one interval: an analysis.stats result (estimate, low, high) or a 3-tuple."""
+    if hasattr(value, "low") and hasattr(value, "high"):
+        return float(value.estimate), float(value.low), float(value.high)
+    centre, low, high = value
+    return float(centre), float(low), float(high)
+
+
+def _errorbars(ax: Any, x: Sequence[float], values: Sequence[Any], label: str) -> Any:
+    """Each interval at its x as a black diamond with error bars (in %); a nan interval (n = 1) draws the point."""
+    centre, low, high = (_pct(col) for col in zip(*map(_interval_parts, values)))
+    below, above = np.nan_to_num(centre - low, nan=0.0), np.nan_to_num(high - centre, nan=0.0)
+    if (below < -1e-9).any() or (above < -1e-9).any():
+        raise ValueError("every interval must contain its centre (low <= centre <= high)")
+    yerr = np.vstack([np.clip(below, 0.0, None), np.clip(above, 0.0, None)])
+    return ax.errorbar(np.asarray(x, dtype=float), centre, yerr=yerr, fmt="D", ms=5, color="black", elinewidth=1.3,
+                       capsize=4, zorder=5, label=label)
+
+
 # --- Fig. 1: robustness vs k --------------------------------------------------------------------
-def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
-    """Robust accuracy against k = alpha/(1-alpha) on a log axis (supplement Fig. 1), RSLAD trials only."""
+def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT, intervals: Mapping[float, Any] | None = None,
+           interval_label: str = INTERVAL_LABEL) -> Figure:
+    """Robust accuracy against k = alpha/(1-alpha) on a log axis (supplement Fig. 1), RSLAD trials only.
+
+    intervals: {k: interval} (an analysis.stats result or a (centre, low, high) tuple, fractions) drawn as error
+    bars at k; keys with k <= 0 or not finite are left out.
+    """
     use = _usable(runs, select)
     if "alpha" not in use.columns:
         raise FigureSkipped("alpha is not a logged param")
@@ -104,6 +132,9 @@ def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
         ax.scatter(fin["k"], _pct(fin[result_key("pgd_trades", "best")]), marker="*", s=140, color="tab:red", zorder=3)
         handles.append(Line2D([], [], ls="", marker="*", ms=11, color="tab:red",
                               label="test PGD_TRADES, best checkpoint (finalized)"))
+    ks = sorted(k for k in (intervals or {}) if math.isfinite(float(k)) and float(k) > 0)
+    if ks:
+        handles.append(_errorbars(ax, ks, [intervals[k] for k in ks], interval_label))
     ax.axvline(5.0, color="0.5", ls=":", lw=1)
     handles.append(Line2D([], [], color="0.5", ls=":", label="paper's choice k = 5 (alpha = 5/6)"))
     _log_axis(ax.xaxis)
@@ -151,8 +182,13 @@ def _teacher_file_pgd(path: Path) -> float | None:
 
 
 def plot_teacher(runs: pd.DataFrame, select: str = DEFAULT_SELECT,
-                 teachers: Mapping[str, tuple[float | None, str]] | None = None) -> Figure:
-    """Student robustness against teacher robustness (supplement Tables 1-2, robust saturation)."""
+                 teachers: Mapping[str, tuple[float | None, str]] | None = None,
+                 intervals: Mapping[str, Any] | None = None, interval_label: str = INTERVAL_LABEL) -> Figure:
+    """Student robustness against teacher robustness (supplement Tables 1-2, robust saturation).
+
+    intervals: {teacher name: interval} (an analysis.stats result or a (centre, low, high) tuple, fractions)
+    drawn as error bars at that teacher's robustness; teachers of unknown robustness are left out.
+    """
     use = _usable(runs, select)
     if "teacher" not in use.columns:
         raise FigureSkipped("teacher is not a logged param")
@@ -178,6 +214,10 @@ def plot_teacher(runs: pd.DataFrame, select: str = DEFAULT_SELECT,
     if fin.any():
         ax.scatter(x[fin], _pct(known[result_key("autoattack", "best")])[fin], marker="*", s=140, color="tab:red", zorder=3)
         handles.append(Line2D([], [], ls="", marker="*", ms=11, color="tab:red", label="student test AA, best checkpoint"))
+    drawn = [t for t in known["teacher"].unique() if t in (intervals or {})]
+    if drawn:
+        handles.append(_errorbars(ax, [100 * teachers[t][0] for t in drawn], [intervals[t] for t in drawn],
+                                  interval_label))
     for t in known["teacher"].unique():
         ax.annotate(t, (100 * teachers[t][0], _pct(known[known["teacher"] == t][select]).max()), fontsize=7,
                     xytext=(3, 4), textcoords="offset points")
@@ -192,8 +232,13 @@ def plot_teacher(runs: pd.DataFrame, select: str = DEFAULT_SELECT,
 
 
 # --- Table 3: RSL source -------------------------------------------------------------------------
-def plot_rsl_source(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
-    """Bar per RSL source (T1-T2-T3): the best trial's selection metric, every trial as a dot, finalized test AA as stars."""
+def plot_rsl_source(runs: pd.DataFrame, select: str = DEFAULT_SELECT, intervals: Mapping[str, Any] | None = None,
+                    interval_label: str = INTERVAL_LABEL) -> Figure:
+    """Bar per RSL source (T1-T2-T3): the best trial's selection metric, every trial as a dot, finalized test AA as stars.
+
+    intervals: {RSL source: interval} (an analysis.stats result or a (centre, low, high) tuple, fractions) drawn
+    as error bars on that source's bar; sources without trials are left out.
+    """
     use = _usable(runs, select)
     if "rsl_source" not in use.columns:
         raise FigureSkipped("rsl_source is not a logged param")
@@ -215,6 +260,9 @@ def plot_rsl_source(runs: pd.DataFrame, select: str = DEFAULT_SELECT) -> Figure:
     if len(fin):
         ax.scatter([order.index(s) for s in fin["rsl_source"]], _pct(fin[result_key("autoattack", "best")]),
                    marker="*", s=140, color="tab:red", zorder=4, label="test AA, best checkpoint (finalized)")
+    drawn = [s for s in order if s in (intervals or {})]
+    if drawn:
+        _errorbars(ax, [order.index(s) for s in drawn], [intervals[s] for s in drawn], interval_label)
     ax.scatter([], [], color="tab:blue", s=18, label="each trial")
     counts = [int((use["rsl_source"] == s).sum()) for s in order]
     ax.set_xticks(pos, [f"{s}\n(n={c})" for s, c in zip(order, counts)])
