@@ -46,7 +46,8 @@ def test_milestones_rescale_to_the_run_length():
     ({"rsl_source": "adv-nat-nat"}, "rsl_source='adv-nat-nat' is not allowed; allowed: nat-nat-nat"),
     ({"dataset": "mnist"}, "dataset='mnist' is not allowed; allowed: cifar10, cifar100, digits"),
     ({"student": "resnet19"}, "student='resnet19' is not registered; allowed:"),
-    ({"method": "madry"}, "method='madry' is not registered; allowed: ard, iad, natural, rslad, sat, trades"),
+    ({"method": "madry"},
+     "method='madry' is not registered; allowed: ard, iad, natural, rslad, sat, sat_awp, trades, trades_awp"),
     ({"teacher": "wrn99"}, "teacher='wrn99' is not registered"),
     ({"method": "rslad", "teacher": "none"}, "method='rslad' needs a teacher"),
     ({"device": "tpu"}, "device='tpu' is not allowed"),
@@ -54,8 +55,8 @@ def test_milestones_rescale_to_the_run_length():
     ({"lr_milestones": [260, 215]}, "lr_milestones=[260, 215] must be increasing"),
     ({"attack_step_size": 0.5}, "attack_step_size=0.5 is larger than eps"),
     ({"method": "sat", "teacher": "none", "eps": 0},
-     "eps=0.0 with method='sat' trains without an attack; allowed: eps > 0 for ard, iad, rslad, sat, trades "
-     "(or method=natural)"),
+     "eps=0.0 with method='sat' trains without an attack; allowed: eps > 0 for ard, iad, rslad, sat, sat_awp, trades, "
+     "trades_awp (or method=natural)"),
     ({"eps": 0.0}, "eps=0.0 with method='rslad' trains without an attack"),
     ({"sat_attack_mode": "test"}, "sat_attack_mode='test' is not allowed; allowed: train, eval"),
     ({"val_attack": "autoattack"}, "val_attack='autoattack' is not allowed; allowed: pgd, pgd_trades, pgd_sat, fgsm, cw_inf"),

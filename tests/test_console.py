@@ -106,7 +106,7 @@ def test_asha_expectation_by_hand():
 def test_expected_trial_epochs_of_the_paper_spaces():
     from search.plan import expected_trial_epochs, plan_search
 
-    expected = {"alpha": (4800, 2133), "joint": (14400, 6400), "teacher": (1800, 800), "rsl_source": (1200, 533),
+    expected = {"alpha": (4800, 2133), "joint": (14400, 6400), "teacher": (2400, 1067), "rsl_source": (1200, 533),
                 "epochs": (600, 267), "method": (2200, 2200)}
     assert {s: expected_trial_epochs(plan_search([f"space={s}"])) for s in expected} == expected
 

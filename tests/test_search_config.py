@@ -47,7 +47,8 @@ def test_every_relative_path_is_made_absolute_in_the_driver(tmp_path):
 
 def test_teachers_in_play_follow_the_space():
     assert plan_search(["space=teacher", "profile=smoke"]).teachers == [
-        "digits_cnn_large_trades", "digits_cnn_medium_sat", "digits_cnn_medium_trades", "digits_cnn_small_trades"]
+        "digits_cnn_large_trades", "digits_cnn_medium_sat", "digits_cnn_medium_sat_awp", "digits_cnn_medium_trades",
+        "digits_cnn_medium_trades_awp", "digits_cnn_small_trades"]
     assert plan_search(["space=alpha"]).teachers == ["wrn34_10_trades"]
     assert plan_search(["space=alpha", "profile=smoke", "train.teacher=digits_cnn_small_trades"]
                        ).teachers == ["digits_cnn_small_trades"]
@@ -96,6 +97,6 @@ def test_finite_spaces_run_each_configuration_once():
     from search.plan import choice_overrides
 
     plan = plan_search(["space=teacher", "profile=smoke", "num_samples=10"])
-    assert len(choice_overrides(plan.space)) == 4 and plan.num_samples == 4
+    assert len(choice_overrides(plan.space)) == 6 and plan.num_samples == 6
     assert plan_search(["space=rsl_source", "num_samples=2"]).num_samples == 2
     assert plan_search(["space=alpha", "num_samples=20"]).num_samples == 20  # a range param: no such cap

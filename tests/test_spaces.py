@@ -24,9 +24,9 @@ SMOKE_BASE = {
 }
 BASES = {"paper": PAPER_BASE, "smoke": SMOKE_BASE}
 CIFAR_TEACHERS = {"resnet18_trades", "resnet34_trades", "resnet50_trades", "wrn34_10_trades",
-                  "wrn34_20_gowal", "wrn70_16_gowal"}
+                  "wrn34_20_gowal", "wrn70_16_gowal", "wrn34_10_sat_awp", "wrn34_10_trades_awp"}
 DIGITS_TEACHERS = {"digits_cnn_small_trades", "digits_cnn_medium_trades", "digits_cnn_large_trades",
-                   "digits_cnn_medium_sat"}
+                   "digits_cnn_medium_sat", "digits_cnn_medium_sat_awp", "digits_cnn_medium_trades_awp"}
 
 
 def sample(space: Space, n: int, seed: int = 0) -> list[tuple[dict, dict]]:

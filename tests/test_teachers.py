@@ -276,6 +276,9 @@ def test_every_teacher_arch_is_a_registered_model():
         assert get_teacher(name).arch in MODELS, name
 
 
+AWP_TEACHERS = ("wrn34_10_sat_awp", "wrn34_10_trades_awp")  # supplement Table 5; tests/test_table5.py
+
+
 def test_table1_entries():
     expected = {
         "resnet18_trades": ("resnet18", 0.8193, 0.4923, ""),
@@ -285,7 +288,7 @@ def test_table1_entries():
         "wrn34_20_gowal": ("wrn34_20_swish", 0.8564, 0.5686, "Gowal2020Uncovering_34_20"),
         "wrn70_16_gowal": ("wrn70_16", 0.8529, 0.5720, "Gowal2020Uncovering_70_16"),
     }
-    assert set(list_teachers("cifar10")) == set(expected)
+    assert set(list_teachers("cifar10")) == set(expected) | set(AWP_TEACHERS)
     for name, (arch, clean, aa, rb) in expected.items():
         spec = get_teacher(name)
         assert (spec.arch, spec.clean_acc, spec.aa_acc, spec.robustbench_id) == (arch, clean, aa, rb)
@@ -294,12 +297,13 @@ def test_table1_entries():
 
 
 def test_digits_entries():
-    assert list_teachers("digits") == ["digits_cnn_large_trades", "digits_cnn_medium_sat",
-                                       "digits_cnn_medium_trades", "digits_cnn_small_trades"]
+    assert list_teachers("digits") == ["digits_cnn_large_trades", "digits_cnn_medium_sat", "digits_cnn_medium_sat_awp",
+                                       "digits_cnn_medium_trades", "digits_cnn_medium_trades_awp",
+                                       "digits_cnn_small_trades"]
     for name in list_teachers("digits"):
         spec = get_teacher(name)
         assert (spec.source, spec.eps, spec.clean_acc, spec.aa_acc) == ("trained", 0.1, None, None)
-        assert spec.method == name.rsplit("_", 1)[1]
+        assert spec.method == name.split("_", 3)[3]  # digits_cnn_<size>_<method>
 
 
 def test_registry_errors():

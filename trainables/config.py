@@ -79,6 +79,10 @@ class TrainConfig:
     """IAD exponent of the teacher's confidence: w = P_T(x')[y] ** iad_beta."""
     iad_warmup_epochs: int = field(default=60, metadata=_range(0))
     """IAD trains on its distillation KL and CE alone (t = 1, KL summed over classes) for this many epochs, then adds the introspective term."""
+    awp_gamma: float = field(default=0.01, metadata=_range(0.0))
+    """AWP (sat_awp, trades_awp): each weight matrix is perturbed by awp_gamma times its own norm; 0.01 is AT-AWP's CIFAR-10 L-inf value (TRADES-AWP's script uses 0.005); 0 turns AWP off."""
+    awp_warmup: int = field(default=0, metadata=_range(0))
+    """AWP starts after this many epochs of plain SAT/TRADES; AT-AWP uses 0, TRADES-AWP's script 10 of 200 (its epochs count from 1, so 9 here)."""
 
     # --- optimisation -------------------------------------------------------------------
     epochs: int = field(default=300, metadata=_range(1))

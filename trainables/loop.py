@@ -132,6 +132,7 @@ class Training:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.method.after_step(self.model)
             # Summed on the device: one host sync per epoch instead of one per step.
             total_loss += loss.detach() * len(y)
             seen += len(y)

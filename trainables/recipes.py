@@ -1,4 +1,4 @@
-"""The paper's rows as named recipes: the method, schedule and method knobs of each row of the supplement's Table 4.
+"""The paper's rows as named recipes: the method, schedule and method knobs of each row of the supplement's Tables 4-5.
 
 A recipe is stated on the paper's time axis, where RSLAD trains for 300 epochs
 (`PAPER_EPOCHS`), and runs at `scale` of its published length: epochs (and IAD's warm-up)
@@ -11,7 +11,10 @@ proportional short versions of all of them.
 A recipe fixes only what defines its row: the method, its schedule and its knobs. Data, student,
 teacher, learning rate, batch size, eps, attack steps and kl_scale stay the profile's. A
 TrainConfig that carries a recipe label must agree with `Recipe.fields(recipe_scale)`, so the
-label never lies (`TrainConfig.validate`).
+label never lies (`TrainConfig.validate`). Table 5's Natural, SAT, TRADES and RSLAD rows are
+Table 4's (the same runs and numbers), so their recipes serve both; its RSLAD* row differs only
+in the teacher, trained with SAT + AWP: `Recipe.teacher_method` names that, and the trial's
+teacher (e.g. wrn34_10_sat_awp, or digits_cnn_medium_sat_awp on the smoke profile) supplies it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,9 @@ class Recipe:
     """Where the schedule and knobs come from."""
     knobs: Mapping[str, Any] = field(default_factory=dict)
     """TrainConfig method knobs of the row (trades_beta, ard_alpha, ...)."""
+    teacher_method: str = ""
+    """How the row's teacher was trained (teachers.TeacherSpec.method) when the row is defined by it; empty: the
+    paper's TRADES teachers or none. Not a TrainConfig field: the teacher stays the profile's or the space's."""
 
     def fields(self, scale: float = 1.0) -> dict[str, Any]:
         """The TrainConfig values of this recipe at `scale` of its published length (the recipe label excluded)."""
@@ -95,6 +101,7 @@ _SAT = {"sat_attack_mode": "train"}
 _TRADES = {"trades_beta": 6.0}
 _ARD = {"ard_alpha": 1.0, "ard_temperature": 30.0}
 _IAD = {"ard_alpha": 1.0, "iad_beta": 0.1, "iad_warmup_epochs": 60}
+_RSLAD = {"alpha": 5 / 6, "rsl_source": "nat-nat-nat"}
 _T4 = "RSLAD supplement Table 4"
 _AS_300 = "RSLAD's schedule (300 epochs, lr /10 at 215, 260, 285)"
 for _recipe in (
@@ -118,8 +125,12 @@ for _recipe in (
     Recipe("iad_300", "iad", PAPER_EPOCHS, RSLAD_MILESTONES, "IAD-300",
            f"{_T4}: IAD-I with {_AS_300}, warm-up 60 epochs", _IAD),
     Recipe("rslad", "rslad", PAPER_EPOCHS, RSLAD_MILESTONES, "RSLAD, teacher WRN-34-10 (the paper's setting)",
-           "RSLAD supplement Tables 2-4 and resnet18_rslad_cifar10.py: 300 epochs, lr /10 at 215, 260, 285, "
-           "alpha 5/6, all soft labels T(x)", {"alpha": 5 / 6, "rsl_source": "nat-nat-nat"}),
+           "RSLAD supplement Tables 2-5 and resnet18_rslad_cifar10.py: 300 epochs, lr /10 at 215, 260, 285, "
+           "alpha 5/6, all soft labels T(x)", _RSLAD),
+    Recipe("rslad_awp_teacher", "rslad", PAPER_EPOCHS, RSLAD_MILESTONES, "RSLAD* (SAT+AWP teacher)",
+           "RSLAD supplement Table 5 and section E: RSLAD as in Tables 2-4 (300 epochs, lr /10 at 215, 260, 285, "
+           "alpha 5/6, all soft labels T(x)) from a WRN-34-10 teacher trained with SAT + AWP (AA 54 %); "
+           "run it with teacher=wrn34_10_sat_awp", _RSLAD, teacher_method="sat_awp"),
 ):
     register_recipe(_recipe)
 del _recipe

@@ -53,7 +53,7 @@ class TeacherSpec:
     dataset: str
     """cifar10, cifar100 or digits."""
     method: str
-    """How the teacher was trained: trades, sat, ..."""
+    """How the teacher was trained, a method name (trades, sat, sat_awp, trades_awp); a `trained` teacher is trained with it."""
     eps: float
     """L-inf radius it was trained (and evaluated) at."""
     clean_acc: float | None
@@ -118,10 +118,33 @@ _DIGITS_TEACHERS = [
     ("digits_cnn_medium_trades", "cnn_medium", "trades"),
     ("digits_cnn_large_trades", "cnn_large", "trades"),
     ("digits_cnn_medium_sat", "cnn_medium", "sat"),
+    # The smoke profile's stand-ins for the AWP teachers below (awp_gamma and awp_warmup: TrainConfig's).
+    ("digits_cnn_medium_sat_awp", "cnn_medium", "sat_awp"),
+    ("digits_cnn_medium_trades_awp", "cnn_medium", "trades_awp"),
 ]
 for _n, _arch, _clean, _aa, _source, _rb, _notes in _CIFAR10_TEACHERS:
     register_teacher(TeacherSpec(_n, _arch, "cifar10", "trades", _EPS, _clean, _aa, _source, _rb,
                                  notes=f"{_notes}; {_TABLE1}"))
+# Supplement section E / Table 5: the RSLAD* teacher, a WRN-34-10 trained with SAT + AWP by the RSLAD
+# authors (unreleased; "a robust accuracy of 54% against AA", no clean accuracy given). Trained here.
+register_teacher(TeacherSpec(
+    "wrn34_10_sat_awp", "wrn34_10", "cifar10", "sat_awp", _EPS, None, 0.54, "trained",
+    notes="SAT + AWP (AT-AWP, Wu et al. 2020: awp_gamma 0.01, no warm-up), the teacher of the supplement's Table 5 "
+          "(RSLAD*); AA 54 % from its section E, clean not given. Trained by `python -m search.teachers "
+          "teachers.names=[wrn34_10_sat_awp]` on the profile's schedule; AT-AWP's own is 200 epochs, lr /10 at 100 and "
+          "150, weight decay 5e-4 (add train.epochs=200 train.lr_milestones=[100,150] train.lr_milestones_ref=200 "
+          "train.weight_decay=5e-4). The public AT-AWP WRN-34-10 (csdongxian/AWP: clean 86.23, AA 53.97) is not in "
+          "RobustBench and expects CIFAR-10-normalised inputs, so it is not this entry's weights"))
+# The public TRADES + AWP WRN-34-10. RobustBench (model_zoo/cifar10.py, Linf) builds it as
+# WideResNet(depth=34, widen_factor=10): the TRADES layout without sub_block1, ReLU, no
+# normalisation (trades_AWP trains on ToTensor() images in [0, 1]), which is `wrn34_10` here.
+register_teacher(TeacherSpec(
+    "wrn34_10_trades_awp", "wrn34_10", "cifar10", "trades_awp", _EPS, 0.8536, 0.5617, "robustbench",
+    "Wu2020Adversarial",
+    notes="TRADES + AWP (Wu et al. 2020, csdongxian/AWP trades_AWP: gamma 0.005, warm-up 10 of 200 epochs), the "
+          "public release in RobustBench as Wu2020Adversarial (WideResNet-34-10 without sub_block1, inputs in [0, 1], "
+          "no normalisation); numbers: RobustBench model_info (clean 85.36, AA 56.17). Not the supplement's SAT+AWP "
+          "teacher (AA 54 %), which is wrn34_10_sat_awp"))
 for _n, _arch, _method in _DIGITS_TEACHERS:
     register_teacher(TeacherSpec(_n, _arch, "digits", _method, 0.1, None, None, "trained",
                                  notes="trained offline by `python -m search.teachers`; its metrics are in the checkpoint"))

@@ -29,6 +29,9 @@ class Method:
         """The scalar loss to minimise on batch (x, y) at 0-based `epoch`; student is in train mode."""
         raise NotImplementedError
 
+    def after_step(self, student: nn.Module) -> None:
+        """Called by the loop right after each optimiser step (AWP restores its perturbed weights here); default: nothing."""
+
     def asks_teacher_on_clean(self) -> bool:
         """Whether each step runs the teacher on the clean batch: what the soft-label cache can answer instead."""
         return self.needs_teacher

@@ -23,8 +23,28 @@ class Natural(Method):
         return F.cross_entropy(self.forward(student, x).float(), y)
 
 
+class AdversarialTraining(Method):
+    """A method whose step is: craft x' (`adversarial`), then the outer loss on (x, x') (`outer_loss`).
+
+    Split in two so that a wrapper (AWP, trainables.methods.awp) can act between the attack and
+    the outer loss's forward, and can maximise the same outer loss on a proxy model.
+    """
+
+    def adversarial(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The inner maximisation: the detached x' for batch (x, y)."""
+        raise NotImplementedError
+
+    def outer_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The scalar to minimise given x and x' (model in train mode)."""
+        raise NotImplementedError
+
+    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+             epoch: int) -> torch.Tensor:
+        return self.outer_loss(student, x, self.adversarial(student, x, y), y)
+
+
 @register_method("sat")
-class SAT(Method):
+class SAT(AdversarialTraining):
     """Madry's adversarial training: CE(S(x'), y), x' from PGD on CE with a uniform start.
 
     Madry's cifar10_challenge (the code the paper cites) crafts x' with the training graph, i.e.
@@ -32,22 +52,28 @@ class SAT(Method):
     attacks with running statistics instead. Either way the student's modes are restored afterwards.
     """
 
-    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
-             epoch: int) -> torch.Tensor:
-        x_adv = self.attack(student, x, cross_entropy(y), start="uniform", mode=self.cfg.sat_attack_mode)
-        return F.cross_entropy(self.forward(student, x_adv).float(), y)
+    def adversarial(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """PGD on CE from a uniform start, in sat_attack_mode."""
+        return self.attack(student, x, cross_entropy(y), start="uniform", mode=self.cfg.sat_attack_mode)
+
+    def outer_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE(model(x'), y)."""
+        return F.cross_entropy(self.forward(model, x_adv).float(), y)
 
 
 @register_method("trades")
-class TRADES(Method):
+class TRADES(AdversarialTraining):
     """TRADES: CE(S(x), y) + beta KL(S(x) || S(x')), x' maximising that KL from x + 0.001 N(0,1)."""
 
-    def loss(self, student: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
-             epoch: int) -> torch.Tensor:
+    def adversarial(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """PGD on KL(S(x) || S(x')) from x + 0.001 N(0, 1), student in eval mode."""
         # The reference computes the attack's target S(x) in eval mode, like the attack itself.
         with torch.no_grad(), model_mode(student, "eval"):
             target = F.softmax(self.forward(student, x).float(), dim=1)
-        x_adv = self.attack(student, x, kl_to_target(target), start="gaussian")
-        student_nat = self.forward(student, x)
-        student_adv = self.forward(student, x_adv)
-        return trades_loss(student_nat, student_adv, y, self.cfg.trades_beta)
+        return self.attack(student, x, kl_to_target(target), start="gaussian")
+
+    def outer_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE(model(x), y) + beta KL(model(x) || model(x')), batch mean."""
+        model_nat = self.forward(model, x)
+        model_adv = self.forward(model, x_adv)
+        return trades_loss(model_nat, model_adv, y, self.cfg.trades_beta)
