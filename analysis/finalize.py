@@ -23,19 +23,29 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 
-from analysis.cli import UsageError, run_main
+from analysis.options import run_command
 from analysis.runs import (
     CHECKPOINTS,
-    COLUMN_TITLES,
     DEFAULT_SELECT,
-    TEST_COLUMNS,
     client_for,
     find_parent_run,
     load_runs,
     rank_trials,
-    selection_mode,
     result_key,
+    selection_mode,
 )
+from trainables.attacks.autoattack import (
+    PYAUTOATTACK_LOGGER,
+    STANDARD_ATTACKS,
+    autoattack,
+)
+from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, load, load_model
+from trainables.config import TrainConfig
+from trainables.data import load_splits, to_float
+from trainables.errors import UserError
+from trainables.evaluate import evaluate
+from trainables.runtime import resolve_device
+from trainables.schema import COLUMN_TITLES, EVAL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +74,6 @@ class FinalizeResult:
 
 def aa_column(result: Any) -> str:
     """'autoattack' only for a standard run of all four standard attacks; any subset is 'aa_custom'."""
-    from trainables.attacks.autoattack import STANDARD_ATTACKS
-
     # Belt and braces: the adapter's flag and the attack list must both say "standard".
     if result.is_standard and set(STANDARD_ATTACKS) <= set(result.attacks_run):
         return AA
@@ -74,8 +82,6 @@ def aa_column(result: Any) -> str:
 
 def expected_aa_column(aa_attacks: Sequence[str] | None) -> str:
     """The column an AutoAttack request will be logged under (before running it)."""
-    from trainables.attacks.autoattack import STANDARD_ATTACKS
-
     return AA if aa_attacks is None or set(STANDARD_ATTACKS) <= set(aa_attacks) else AA_CUSTOM
 
 
@@ -103,8 +109,6 @@ class _TestSets:
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        from trainables.data import load_splits, to_float
-
         key = (cfg.dataset, cfg.data_dir, cfg.download)
         if key not in self._cache:
             splits = load_splits(cfg)
@@ -145,8 +149,6 @@ class _Run:
 
 
 def _model_path(checkpoint_dir: str | None, checkpoint: str) -> Path | None:
-    from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE
-
     if not checkpoint_dir:
         return None
     return Path(checkpoint_dir) / {"best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}[checkpoint]
@@ -186,9 +188,6 @@ class _Job:
 
 def _plan_models(result: FinalizeResult, client: Any, top: pd.DataFrame, test_sets: _TestSets) -> list[_Model]:
     """The model files of the top trials, in rank order; a best and last of the same epoch and weights count once."""
-    from trainables.checkpoints import load
-    from trainables.config import TrainConfig
-
     models = []
     for rank, (_, row) in enumerate(top.iterrows(), 1):
         trial, mrun = row["trial_id"], _Run(client, row["run_id"])
@@ -298,8 +297,6 @@ class _AutoAttackProgress(logging.Handler):
 @contextlib.contextmanager
 def autoattack_progress(prefix: str) -> Iterator[None]:
     """Route the `auto-attack` logger's debug messages through _AutoAttackProgress for the block."""
-    from trainables.attacks.autoattack import PYAUTOATTACK_LOGGER
-
     logger = logging.getLogger(PYAUTOATTACK_LOGGER)
     saved = (logger.level, logger.propagate)
     handler = _AutoAttackProgress(prefix)
@@ -324,7 +321,7 @@ def finalize(
     device: str = "auto",
     batch_size: int = 256,
     aa_attacks: Sequence[str] | None = None,
-    columns: Sequence[str] = TEST_COLUMNS,
+    columns: Sequence[str] = EVAL_COLUMNS,
     seed: int = 0,
 ) -> FinalizeResult:
     """Evaluate best and last model files of the top_k trials by `select` on the test split; log test/<column>/<checkpoint>.
@@ -336,21 +333,19 @@ def finalize(
     it exists, with a '[k/N]' progress line. The parent run gets the winner's numbers and tag
     rslad.final_winner.
     """
-    from trainables.runtime import resolve_device
-
-    unknown = [c for c in columns if c not in TEST_COLUMNS]
+    unknown = [c for c in columns if c not in EVAL_COLUMNS]
     if unknown:
-        raise UsageError(f"unknown column {unknown[0]!r}; allowed: {', '.join(TEST_COLUMNS)}")
+        raise UserError(f"unknown column {unknown[0]!r}; allowed: {', '.join(EVAL_COLUMNS)}")
     try:
         dev = resolve_device(device)
     except (RuntimeError, ValueError) as err:
-        raise UsageError(str(err)) from None
+        raise UserError(str(err)) from None
     client = client_for(tracking_uri)
     runs = load_runs(name, tracking_uri)
     parent = find_parent_run(name, tracking_uri)
     mode = selection_mode(select, parent.data.tags if parent else None)
     if runs.empty:
-        raise UsageError(f"experiment {name!r} has no trial runs to finalize")
+        raise UserError(f"experiment {name!r} has no trial runs to finalize")
     unfinished = runs["status"].isin(["running", "interrupted"])
     if unfinished.any():
         # An interrupted search resumes these trials: their checkpoints may change after this evaluation.
@@ -394,10 +389,6 @@ def finalize(
 def _run_jobs(result: FinalizeResult, jobs: Sequence[_Job], test_sets: _TestSets, dev: torch.device, aa_n: int,
               aa_attacks: Sequence[str] | None, aa_col: str, batch_size: int, seed: int) -> None:
     """Run the evaluations in order, logging each result (under every checkpoint of its model file) as it exists."""
-    from trainables.attacks.autoattack import autoattack
-    from trainables.checkpoints import load_model
-    from trainables.evaluate import evaluate
-
     progress = _Progress(jobs)
     loaded: tuple[Path | None, Any, Any] = (None, None, None)
     for k, job in enumerate(jobs, 1):
@@ -486,7 +477,7 @@ def final_table(runs: pd.DataFrame, trial_ids: Sequence[str], select: str) -> pd
             row: dict[str, Any] = {"rank": rank, "trial": tid, "ckpt": ckpt,
                                    "epoch": int(epoch) if pd.notna(epoch) else pd.NA,
                                    "select": round(100 * float(r.get(select)), 2)}
-            for col in (*TEST_COLUMNS, AA_CUSTOM):
+            for col in (*EVAL_COLUMNS, AA_CUSTOM):
                 key = result_key(col, ckpt)
                 if key in by_id.columns and pd.notna(r.get(key)):
                     row[TABLE_TITLES[col]] = round(100 * float(r[key]), 2)
@@ -519,7 +510,7 @@ ALLOWED_KEYS = ("name", "top_k", "aa.n", "select", "device", "tracking.uri")
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m analysis.finalize key=value ...`."""
-    return run_main(main, argv, ALLOWED_KEYS)
+    return run_command(main, argv, ALLOWED_KEYS)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from trainables.recipes import get_recipe
+from trainables.schema import EVAL_COLUMNS
 
-COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
 RSLAD_ALPHA = 5 / 6
 PAPER_EPS = 8 / 255
 ALPHA_TOL = 0.01  # "alpha ~ 5/6": anything that rounds to k = 5
@@ -31,7 +31,7 @@ PAPER_TEACHER_METHOD = "trades"
 
 
 def _cols(*values: float | None) -> dict[str, float]:
-    return {c: v for c, v in zip(COLUMNS, values) if v is not None}
+    return {c: v for c, v in zip(EVAL_COLUMNS, values) if v is not None}
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.runs import DEFAULT_SELECT, result_key
+from analysis.runs import DEFAULT_SELECT, rank_trials, result_key
+from trainables.config import RSL_SOURCES
+from trainables.teachers import default_checkpoint_path, get_teacher
 
 INTERVAL_LABEL = "replicates: mean and 95 % interval"
 STATUS_MARKERS = {"finished": "o", "stopped_early": "v", "running": "s", "interrupted": "s", "failed": "X"}
@@ -149,8 +152,6 @@ def plot_k(runs: pd.DataFrame, select: str = DEFAULT_SELECT, intervals: Mapping[
 # --- Table 2: student vs teacher robustness ------------------------------------------------------
 def teacher_robustness(runs: pd.DataFrame) -> dict[str, tuple[float | None, str]]:
     """Each teacher's robustness (fraction) and its kind: TeacherSpec AA, else the teacher file's validation PGD."""
-    from trainables.teachers import default_checkpoint_path, get_teacher
-
     out: dict[str, tuple[float | None, str]] = {}
     for name, group in runs.groupby("teacher"):
         if name == "none":
@@ -246,7 +247,6 @@ def plot_rsl_source(runs: pd.DataFrame, select: str = DEFAULT_SELECT, intervals:
         use = use[use["method"] == "rslad"]
     if use["rsl_source"].nunique() < 2:
         raise FigureSkipped("fewer than 2 RSL sources were tried (RSLAD trials)")
-    from trainables.config import RSL_SOURCES
 
     order = [s for s in RSL_SOURCES if s in set(use["rsl_source"])] + sorted(set(use["rsl_source"]) - set(RSL_SOURCES))
     fig, ax = _new_figure()
@@ -341,7 +341,6 @@ def plot_learning_curves(runs: pd.DataFrame, history: pd.DataFrame, select: str 
     """val_pgd_acc per epoch: the top_n trials in colour, the rest in grey, x where ASHA stopped a trial."""
     if history is None or history.empty or not (history["metric"] == "val_pgd_acc").any():
         raise FigureSkipped("no val_pgd_acc history was logged")
-    from analysis.runs import rank_trials
 
     curves = history[history["metric"] == "val_pgd_acc"]
     # Failed trials are not ranked (as in finalize): they are drawn in grey with the rest.
@@ -390,7 +389,11 @@ def search_params(runs: pd.DataFrame) -> list[str]:
 
 def _distribution(spec: Mapping[str, Any]) -> Any:
     """An Optuna distribution from one space-YAML param (spaces/compiler.py's format)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     kind = spec.get("type")
     if kind == "choice":
@@ -410,8 +413,6 @@ def _distribution(spec: Mapping[str, Any]) -> Any:
 
 def space_distributions(space_yaml: str | None, profile: str | None) -> dict[str, Any]:
     """Optuna distributions of a space file's params (profile overrides merged); {} when absent or unreadable."""
-    import yaml
-
     if not space_yaml:
         return {}
     try:
@@ -427,7 +428,11 @@ def space_distributions(space_yaml: str | None, profile: str | None) -> dict[str
 
 def _inferred(values: pd.Series) -> Any:
     """A distribution covering the observed values: a range for numbers, categories otherwise."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
 
     vals = values.dropna()
     if pd.api.types.is_bool_dtype(vals) or not pd.api.types.is_numeric_dtype(vals):

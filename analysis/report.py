@@ -20,20 +20,21 @@ from typing import Any, Callable, Mapping, Sequence
 import pandas as pd
 
 from analysis import paper, plots
-from analysis.cli import run_main
+from analysis.options import run_command
 from analysis.runs import (
     CHECKPOINTS,
-    COLUMN_TITLES,
     DEFAULT_SELECT,
-    TEST_COLUMNS,
+    client_for,
     find_parent_run,
     load_history,
     load_runs,
     rank_trials,
-    selection_mode,
     result_key,
+    selection_mode,
 )
-from trainables.config import TrainConfig
+from trainables.config import TrainConfig, config_fields
+from trainables.schema import COLUMN_TITLES, EVAL_COLUMNS
+from trainables.teachers import get_teacher
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def asha_savings(runs: pd.DataFrame) -> AshaSavings:
 
 def varying_settings(runs: pd.DataFrame) -> list[str]:
     """TrainConfig fields whose value differs between trials (k added after alpha); searched params if none differ."""
-    from trainables.config import config_fields
-
     cols = [f for f in config_fields()
             if f in runs.columns and f not in BOOKKEEPING and runs[f].astype(str).nunique() > 1]
     if "alpha" in cols and "k" in runs.columns:
@@ -126,7 +125,7 @@ def varying_settings(runs: pd.DataFrame) -> list[str]:
 
 def is_finalized(row: pd.Series) -> bool:
     """Whether any test/* result was logged for the trial."""
-    return any(pd.notna(row.get(result_key(c, ck))) for c in (*TEST_COLUMNS, "aa_custom") for ck in CHECKPOINTS)
+    return any(pd.notna(row.get(result_key(c, ck))) for c in (*EVAL_COLUMNS, "aa_custom") for ck in CHECKPOINTS)
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -146,7 +145,7 @@ def _ordered(runs: pd.DataFrame, select: str, mode: str) -> tuple[pd.DataFrame, 
 def test_table(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], select: str) -> tuple[str, list[str]]:
     """The supplement-shaped table (best and last checkpoint x every column, %) of the finalized trials."""
     has_custom = any(result_key("aa_custom", ck) in ordered.columns for ck in CHECKPOINTS)
-    columns = [*TEST_COLUMNS, *(["aa_custom"] if has_custom else [])]
+    columns = [*EVAL_COLUMNS, *(["aa_custom"] if has_custom else [])]
     headers = ["Rank", "Trial", *settings, f"{select} (%)"]
     headers += [f"{ck.capitalize()} {COLUMN_TITLES[c]}" for ck in CHECKPOINTS for c in columns]
     rows, finalized = [], []
@@ -217,8 +216,8 @@ def summary(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[str], selec
         how = "the finalized winner" if winner == best_id else f"rank 1 by {select}"
         lines.append(f"- **Best setting**: trial `{best_id}` ({how}): {setting}.")
         if is_finalized(row):
-            nums = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'best')))}" for c in TEST_COLUMNS)
-            last = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'last')))}" for c in TEST_COLUMNS)
+            nums = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'best')))}" for c in EVAL_COLUMNS)
+            last = ", ".join(f"{COLUMN_TITLES[c]} {pct(row.get(result_key(c, 'last')))}" for c in EVAL_COLUMNS)
             lines.append(f"- Its test numbers (%): best checkpoint {nums}; last checkpoint {last}.")
         else:
             lines.append(f"- Its validation numbers (%, not finalized): clean {pct(clean.get(i))} at the best epoch, "
@@ -317,8 +316,6 @@ def numerics_notes(runs: pd.DataFrame) -> list[str]:
 
 def trial_setting(row: pd.Series) -> dict[str, Any]:
     """A trial's setting in paper.match_rows' vocabulary (teacher as its canonical architecture)."""
-    from trainables.teachers import get_teacher
-
     teacher = row.get("teacher")
     arch = None
     if isinstance(teacher, str) and teacher != "none":
@@ -344,7 +341,7 @@ def compare_section(ordered: pd.DataFrame) -> list[str]:
                      "or a Table 4 baseline); this search has " +
                      ", ".join(f"{k} = {'/'.join(v) or '?'}" for k, v in seen.items()) + ".")
         return lines
-    headers = ["Trial", "Row", "Checkpoint", *(COLUMN_TITLES[c] for c in TEST_COLUMNS), "Note"]
+    headers = ["Trial", "Row", "Checkpoint", *(COLUMN_TITLES[c] for c in EVAL_COLUMNS), "Note"]
     rows = []
     for row, prow in matched:
         note = f"paper {prow.setting['epochs']} epochs, trial {fmt(row.get('epochs'))}" \
@@ -353,17 +350,17 @@ def compare_section(ordered: pd.DataFrame) -> list[str]:
             published = prow.best if ck == "best" else prow.last
             if not published:
                 continue
-            ours = {c: row.get(result_key(c, ck)) for c in TEST_COLUMNS}
+            ours = {c: row.get(result_key(c, ck)) for c in EVAL_COLUMNS}
             if not is_finalized(row):
-                rows.append([row["trial_id"], "this run", ck, *(MISSING for _ in TEST_COLUMNS), "not finalized"])
+                rows.append([row["trial_id"], "this run", ck, *(MISSING for _ in EVAL_COLUMNS), "not finalized"])
             else:
-                rows.append([row["trial_id"], "this run", ck, *(pct(ours[c]) for c in TEST_COLUMNS), note])
+                rows.append([row["trial_id"], "this run", ck, *(pct(ours[c]) for c in EVAL_COLUMNS), note])
             rows.append(["", f"{prow.source}: {prow.label}", ck,
-                         *(f"{published[c]:.2f}" if c in published else MISSING for c in TEST_COLUMNS), ""])
+                         *(f"{published[c]:.2f}" if c in published else MISSING for c in EVAL_COLUMNS), ""])
             if is_finalized(row):
                 rows.append(["", "difference (points)", ck, *(
                     f"{100 * float(ours[c]) - published[c]:+.2f}" if c in published and pd.notna(ours[c]) else MISSING
-                    for c in TEST_COLUMNS), ""])
+                    for c in EVAL_COLUMNS), ""])
     lines.append(_md_table(headers, rows))
     return lines
 
@@ -480,8 +477,6 @@ def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *,
     log.info("report written to %s (%d figures, %d skipped)", result.markdown, len(result.figures), len(result.skipped))
 
     if log_artifacts and parent is not None:
-        from analysis.runs import client_for
-
         client_for(tracking_uri).log_artifacts(parent.info.run_id, str(folder), artifact_path="report")
         result.logged_to = f"runs:/{parent.info.run_id}/report"
         log.info("report logged to %s", result.logged_to)
@@ -503,7 +498,7 @@ ALLOWED_KEYS = ("name", "out", "compare", "select", "top_k", "tracking.uri")
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Entry point for `python -m analysis.report key=value ...`."""
-    return run_main(main, argv, ALLOWED_KEYS)
+    return run_command(main, argv, ALLOWED_KEYS)
 
 
 if __name__ == "__main__":

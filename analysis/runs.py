@@ -11,21 +11,25 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from analysis.cli import ExperimentNotFoundError
+from trainables.config import TrainConfig
+from trainables.errors import UserError
+from trainables.schema import (
+    CHECKPOINT_DIR,
+    EPOCH_METRICS,
+    EPOCHS_RUN,
+    ERROR,
+    ROLE,
+    STATUS,
+    TRIAL_ID,
+)
 
 log = logging.getLogger(__name__)
 
-ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
-CHECKPOINT_DIR, EPOCHS_RUN, ERROR = "rslad.checkpoint_dir", "rslad.epochs_run", "rslad.error"
-STATUSES = ("running", "finished", "stopped_early", "failed", "interrupted")
 
-# Per-epoch metrics the search logs (step = epoch, 1-based); their last value is the "final" column.
-EPOCH_METRICS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_epoch",
-                 "schedule_pct", "epoch_time_s", "images_per_s")
-# The supplement's evaluation columns, in its order, and their headers.
-TEST_COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
-COLUMN_TITLES = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
-                 "cw_inf": "CW_inf", "autoattack": "AA", "aa_custom": "AA subset (not AA)"}
+class ExperimentNotFoundError(UserError, LookupError):
+    """No MLflow experiment of that name; the message lists the experiments that exist."""
+
+
 CHECKPOINTS = ("best", "last")
 
 
@@ -75,8 +79,6 @@ def find_parent_run(name: str, tracking_uri: str) -> Any | None:
 # --- typed params ----------------------------------------------------------------------------
 def _train_config_types() -> dict[str, Any]:
     """TrainConfig field -> type hint, so params are parsed by their declared type, not guessed."""
-    from trainables.config import TrainConfig
-
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
@@ -247,11 +249,9 @@ def selection_mode(select: str, parent_tags: dict[str, str] | None = None) -> st
 def rank_trials(runs: pd.DataFrame, select: str = DEFAULT_SELECT, mode: str = "max",
                 include_failed: bool = False) -> pd.DataFrame:
     """Trials ordered best-first by `select` (ties by trial id); failed trials and trials without the metric are left out."""
-    from analysis.cli import UsageError
-
     if select not in runs.columns:
         numeric = sorted(c for c in runs.columns if pd.api.types.is_numeric_dtype(runs[c]))
-        raise UsageError(f"select={select!r} is not a metric of these runs; available: {', '.join(numeric)}")
+        raise UserError(f"select={select!r} is not a metric of these runs; available: {', '.join(numeric)}")
     ranked = runs[runs[select].notna()]
     if not include_failed:
         ranked = ranked[ranked["status"] != "failed"]

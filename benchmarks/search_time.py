@@ -6,7 +6,7 @@ e.g. python -m benchmarks.search_time --num-samples 4 8 -- space=alpha profile=s
 Each run gets its own storage and MLflow database under --workdir (teachers are shared between
 the runs of one invocation, so only the first trains them). The command runs in a child process
 with timers around library entry points (ray.init, Tuner.fit, MlflowClient methods, the driver's
-ensure_teachers) and a Tune callback that records when each trial starts and reports; the trials'
+teacher_weights.provide) and a Tune callback that records when each trial starts and reports; the trials'
 own result.json files give their epoch times. Printed per run:
 
 - Ray start-up, teacher provision, the search (Tuner.fit), MLflow calls in the driver, exit (Ray shut-down);
@@ -93,9 +93,9 @@ def install(timers: Timers) -> None:
         if not name.startswith("_") and inspect.isfunction(inspect.getattr_static(MlflowClient, name)):
             timers.wrap(MlflowClient, name, "mlflow", exclusive_of=("mlflow", "teachers"))
     try:
-        import search.teachers as teachers
+        import search.teacher_weights as teacher_weights
 
-        timers.wrap(teachers, "ensure_teachers", "teachers")
+        timers.wrap(teacher_weights, "provide", "teachers")
     except (ImportError, AttributeError) as err:
         print(f"search_time: no teacher timer ({err})", file=sys.stderr)
 

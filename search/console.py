@@ -22,8 +22,14 @@ from typing import Any, Iterable, Mapping, TextIO
 
 from ray.tune import Callback
 
-from search.tracking import error_summary, searched_values, short_value, trial_state, trial_status
-from trainables.ray_adapter import FAILED, RESTORE_WARNING
+from search.tracking import (
+    error_summary,
+    searched_values,
+    short_value,
+    trial_state,
+    trial_status,
+)
+from trainables.schema import FAILED, RESTORE_WARNING
 
 log = logging.getLogger("search")
 

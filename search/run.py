@@ -20,13 +20,34 @@ from typing import Any
 
 import yaml
 
-from search import interrupt, record
-from search.config import compose_config, resolve_paths
-from search.errors import run_cli
-from search.help import read_command_line, render_cfg_job, render_help
-from search.keys import validate
-from search.plan import SearchPlan, expected_trial_epochs, plan_search
+from search import driver, teacher_weights
+from search.cli import answer_help_or_cfg, read_command_line, run_cli
+from search.config import SearchInputError
+from search.console import LiveConsole
+from search.plan import (
+    SearchPlan,
+    describe,
+    expected_trial_epochs,
+    new_record,
+    plan_search,
+)
 from search.preflight import preflight
+from search.storage import make_private, write_record
+from search.study import ResumableASHA, SchedulerState, StudySearch
+from search.tracking import (
+    MLflowTracker,
+    browse_lines,
+    failed_reason,
+    git_state,
+    library_versions,
+    searched_values,
+    short_value,
+    trial_state,
+    use_current_command,
+)
+from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
+from trainables.ray_adapter import train_trial
+from trainables.schema import METRIC_TAG, SEARCH_ID, STORAGE
 
 log = logging.getLogger("search")
 
@@ -36,17 +57,12 @@ CHECKPOINTS_KEPT = 2  # a torn newest checkpoint falls back to the one before it
 
 def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
     """Searcher, scheduler, trainable and run config for the Tuner (imports Ray)."""
-    from ray import tune
+    from ray import tune  # heavy: only once the search runs
     from ray.tune.schedulers import FIFOScheduler
-
-    from search.asha_state import ResumableASHA, SchedulerState
-    from search.console import LiveConsole
-    from search.optuna_study import StudySearch
-    from search.tracking import MLflowTracker
 
     space, cfg = plan.space, plan.cfg
     searcher = StudySearch(space.define_by_run, space.metric, space.mode, study_name=plan.name,
-                           storage_url=plan.study_url, seed=cfg["seed"],
+                           storage_url=plan.study_url, seed=cfg.seed,
                            points_to_evaluate=space.points_to_evaluate or None)
     callbacks: list = [LiveConsole(plan.name, space.metric, plan.num_samples,
                                    planned_trial_epochs=expected_trial_epochs(plan)[1])]
@@ -58,87 +74,73 @@ def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
         callbacks.append(SchedulerState(scheduler))
     else:
         scheduler = FIFOScheduler()
-    if cfg["tracking"]["enabled"]:
+    if cfg.tracking.enabled:
         params = {"space": space.name, "profile": plan.profile, "num_samples": plan.num_samples,
-                  "max_concurrent": plan.max_concurrent, "seed": cfg["seed"], "scheduler": plan.scheduler}
-        artifacts = {"search.yaml": yaml.safe_dump(cfg, sort_keys=False),
+                  "max_concurrent": plan.max_concurrent, "seed": cfg.seed, "scheduler": plan.scheduler}
+        artifacts = {"search.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
                      "space.yaml": Path(space.source).read_text()}
-        callbacks.insert(0, MLflowTracker(cfg["tracking"]["uri"], plan.name, parent_tags(plan, search_id), params,
+        callbacks.insert(0, MLflowTracker(cfg.tracking.uri, plan.name, parent_tags(plan, search_id), params,
                                           artifacts, searched=[p.name for p in space.params]))
     run_config = tune.RunConfig(
-        name=plan.name, storage_path=cfg["storage"], callbacks=callbacks, verbose=0,
+        name=plan.name, storage_path=cfg.storage, callbacks=callbacks, verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-        failure_config=tune.FailureConfig(max_failures=cfg["trial"]["max_failures"]))
+        failure_config=tune.FailureConfig(max_failures=cfg.trial.max_failures))
     tune_config = tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.num_samples,
                                   max_concurrent_trials=plan.max_concurrent,
-                                  reuse_actors=bool(cfg["trial"]["reuse_workers"]))
+                                  reuse_actors=bool(cfg.trial.reuse_workers))
     param_space = {"train": plan.base_train,
-                   "trial": {"checkpoint_every": cfg["trial"]["checkpoint_every"], "metric": space.metric}}
+                   "trial": {"checkpoint_every": cfg.trial.checkpoint_every, "metric": space.metric}}
     return {"trainable": trainable(plan), "run_config": run_config, "tune_config": tune_config,
             "param_space": param_space}
 
 
 def trainable(plan: SearchPlan) -> Any:
     """The trial function with one trial's resources attached."""
-    from ray import tune
+    from ray import tune  # heavy: only once the search runs
 
-    from search.ray_runtime import trial_resources
-    from trainables.ray_adapter import train_trial
-
-    return tune.with_resources(train_trial, trial_resources(plan.cfg))
+    return tune.with_resources(train_trial, driver.trial_resources(plan.cfg))
 
 
 def parent_tags(plan: SearchPlan, search_id: str | None) -> dict[str, str]:
     """Tags of the search's parent run: what it searches, where its state lives, which code ran it."""
-    from search.tracking import SEARCH_ID, STORAGE, git_state, library_versions
-
     space = plan.space
-    return {"rslad.space": space.name, "rslad.profile": plan.profile, "rslad.metric": space.metric,
+    return {"rslad.space": space.name, "rslad.profile": plan.profile, METRIC_TAG: space.metric,
             "rslad.mode": space.mode, STORAGE: plan.experiment_path,
             **({SEARCH_ID: search_id} if search_id else {}), **git_state(REPO), **library_versions()}
 
 
 def run_search(plan: SearchPlan):
     """Provide the teachers, start Ray, then run (or resume) the preflighted search; returns Tune's ResultGrid."""
-    from ray import tune
+    from ray import tune  # heavy: only once the search runs
 
-    from search.ray_runtime import start_ray
-    from search.storage import make_private
-    from search.teachers import ensure_teachers
-    from search.tracking import use_current_command
-
-    ensure_teachers(plan)  # fetches or trains what the preflight found missing, and loads each one
+    teacher_weights.provide(plan.teachers, plan.base_train, plan.cfg)  # fetches or trains what the preflight found missing, and loads each one
     check_gpu_packing(plan)  # needs the teachers' weights; before Ray starts
-    start_ray(plan.cfg)
-    if plan.cfg["resume"]:
+    driver.start_ray(plan.cfg)
+    if plan.cfg.resume:
         # Tune restores the searcher, scheduler and callbacks pickled in storage; only the trainable is
         # given anew, and the restored MLflow tracker writes where this command says.
         search_id = plan.saved["search_id"]  # the preflight refused a resume without a saved description
-        use_current_command(plan.name, plan.cfg["tracking"]["uri"], parent_tags(plan, search_id))
+        use_current_command(plan.name, plan.cfg.tracking.uri, parent_tags(plan, search_id))
         log.info("resuming %s from %s", plan.name, plan.experiment_path)
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable(plan),
                                    resume_unfinished=True, resume_errored=True)
     else:
-        new = record.new_record(plan)
-        make_private(plan.cfg["storage"])
+        new = new_record(plan)
+        make_private(plan.cfg.storage)
         make_private(plan.experiment_path)
-        record.write(plan.experiment_path, new)
+        write_record(plan.experiment_path, new)
         objects = tune_objects(plan, new["search_id"])
         tuner = tune.Tuner(objects["trainable"], param_space=objects["param_space"],
                            tune_config=objects["tune_config"], run_config=objects["run_config"])
-    with interrupt.tune_running():
+    with driver.tune_running():
         return tuner.fit()
 
 
 def check_gpu_packing(plan: SearchPlan) -> None:
     """A fractional trial.gpus must fit: probe each memory-relevant configuration (a subprocess, so this driver holds no
     CUDA context) and refuse a packing whose estimated total exceeds the GPU's memory, with a one-line error."""
-    from search.errors import SearchInputError
-    from search.ray_runtime import trial_resources
-    from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
-
-    gpus = trial_resources(plan.cfg)["gpu"]
-    if plan.cfg["ray"]["address"] or not 0 < gpus < 1:
+    gpus = driver.trial_resources(plan.cfg)["gpu"]
+    if plan.cfg.ray.address or not 0 < gpus < 1:
         return  # whole GPUs need no packing check; a cluster's GPUs are probed nowhere from here
     searched = {k: sorted(plan.space.field_values(k), key=str) for k in MEMORY_KEYS}
     variants = memory_variants(plan.base_train, searched)
@@ -154,8 +156,6 @@ def check_gpu_packing(plan: SearchPlan) -> None:
 
 def summary_table(results, metric: str, top_k: int) -> str:
     """The top trials as a fixed-width table: searched params, best validation accuracies, epochs run."""
-    from search.tracking import searched_values, short_value
-
     rows = []
     for result in results:
         if result.metrics is None or f"best_{metric}" not in result.metrics:
@@ -187,9 +187,7 @@ def saved_counts(experiment_path: str) -> dict[str, int]:
 
     After a stop signal Tune's in-memory trials all read TERMINATED; its saved state does not.
     """
-    from ray.tune import ExperimentAnalysis
-
-    from search.tracking import trial_state
+    from ray.tune import ExperimentAnalysis  # heavy: only once the search ran
 
     counts = {"finished": 0, "stopped_early": 0, "failed": 0, "unfinished": 0}
     for trial in ExperimentAnalysis(experiment_path).trials:
@@ -209,49 +207,16 @@ def start_command(argv: list[str]) -> str:
     return " ".join(["python -m search.run", *(a for a in argv if not a.startswith("dry_run="))])
 
 
-def browse_lines(plan: SearchPlan) -> list[str]:
-    """How to open the search in MLflow's UI (its runs table, directly) and in optuna-dashboard."""
-    from search.mlflow_view import runs_url
-
-    lines = []
-    uri = plan.cfg["tracking"]["uri"]
-    if plan.cfg["tracking"]["enabled"]:
-        from mlflow.tracking import MlflowClient
-
-        exp = MlflowClient(uri).get_experiment_by_name(plan.name)
-        if uri.startswith(("http://", "https://")):
-            lines.append(f"browse: {runs_url(uri, exp.experiment_id) if exp else uri}   (experiment '{plan.name}')")
-        else:
-            ui = "http://127.0.0.1:5000"
-            lines.append(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-            if exp is not None:
-                lines.append(f"        then open {runs_url(ui, exp.experiment_id)}")
-    if plan.study_url:
-        lines.append(f"study:  optuna-dashboard {plan.study_url} --host 127.0.0.1 --port 8080   "
-                     f"(study '{plan.name}'; pip install optuna-dashboard)")
-    return lines
-
-
 def main(argv: list[str]) -> int:
     """Help, config, dry run, or plan + preflight + run + summary; exit 0, 1 (every trial failed), 2 (bad input),
     130/143 (interrupted)."""
     line = read_command_line(argv)
-    if line.mode == "help":
-        print(render_help(compose_config(line.overrides)), end="")
-        return 0
-    if line.mode == "cfg":
-        cfg = compose_config(line.overrides)
-        validate(cfg)
-        print(render_cfg_job(resolve_paths(cfg)), end="")
+    if answer_help_or_cfg(line, "search.run"):
         return 0
     plan = plan_search(line.overrides)
-    from search.quiet import quiet_libraries
-
-    quiet_libraries(plan.cfg["verbose"])  # before MLflow is imported and anything starts (Ray, a study, a store)
+    driver.quiet_libraries(plan.cfg.verbose)  # before MLflow is imported and anything starts (Ray, a study, a store)
     sources = preflight(plan)
-    if plan.cfg["dry_run"]:
-        from search.dry_run import describe
-
+    if plan.cfg.dry_run:
         if all(s == "file" for s in sources.values()):
             check_gpu_packing(plan)  # the probe needs the teachers' weights; otherwise it runs before the search
         print(describe(plan, sources), end="")
@@ -260,11 +225,9 @@ def main(argv: list[str]) -> int:
     log.info("search %s: space=%s profile=%s, %d trials (%d at once), scheduler=%s, storage=%s",
              plan.name, plan.space.name, plan.profile, plan.num_samples, plan.max_concurrent,
              plan.scheduler, plan.experiment_path)
-    from search.tracking import failed_reason
-
     results = run_search(plan)
     failed = [r for r in results if failed_reason(r)]
-    stopped_by = interrupt.received()
+    stopped_by = driver.received()
     metric = plan.space.metric
     if stopped_by:
         counts = saved_counts(plan.experiment_path)
@@ -274,16 +237,16 @@ def main(argv: list[str]) -> int:
         print(f"top trials so far by {metric} (validation split)")
     else:
         print(f"\nsearch {plan.name}: top trials by {metric} (validation split)")
-    print(summary_table(results, metric, plan.cfg["top_k"]))
+    print(summary_table(results, metric, plan.cfg.top_k))
     if failed and not stopped_by:
         print(f"{len(failed)} trial(s) failed; see their MLflow runs (tag rslad.error)")
-    print("\n" + "\n".join(browse_lines(plan)))
+    print("\n" + "\n".join(browse_lines(plan.cfg, plan.name, plan.study_url)))
     print(f"{'continue it with' if stopped_by else 'resume'}: {resume_command(line.overrides, plan.name)}")
     if stopped_by:
-        return interrupt.exit_code()
+        return driver.exit_code()
     return 1 if failed and len(failed) == len(results) else 0
 
 
 if __name__ == "__main__":
-    interrupt.install()
+    driver.install()
     sys.exit(run_cli(main))

@@ -1,25 +1,24 @@
-"""A search's storage folder and tracking store: safe names, writable paths (checked without writing), private folders, trust.
-
-Tune unpickles `tuner.pkl`, `experiment_state*`, `searcher-state*` and `callback-states*` from a
-search's folder on resume: whoever can write there can run code as the person who resumes.
-So the driver creates its folders private (0700) and refuses to resume from one others can write.
-"""
+"""The search's folder: the name rule, writable paths (probed without writing), private folders, trust, and the
+description saved there (what a resume must keep)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from search.errors import SearchInputError
-from trainables.paths import is_uri, sqlite_file
+from search.config import SearchInputError
+from trainables.paths import SQLITE, is_uri, sqlite_file
 
-HEALTH_TIMEOUT_S = 5
+# --- names, writable paths, private folders, trust ----------------------------------------------------------
+#
+# Tune unpickles `tuner.pkl`, `experiment_state*`, `searcher-state*` and `callback-states*` from a
+# search's folder on resume: whoever can write there can run code as the person who resumes.
+# So the driver creates its folders private (0700) and refuses to resume from one others can write.
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128 characters"
@@ -116,28 +115,96 @@ def check_trusted(experiment_path: str) -> None:
                 f"alone (chown, chmod go-w {path}) if you trust its contents")
 
 
-def check_tracking_store(cfg: dict[str, Any]) -> None:
-    """The MLflow store can be written (a sqlite file's folder and file) or answers (a server); nothing when tracking is off."""
-    if not cfg["tracking"]["enabled"]:
+# --- the saved description ----------------------------------------------------------------------------------
+# The search's own description in its storage folder: its identity and the settings a resume must keep.
+#
+# Tune restores a search from the pickles in its folder and ignores what a later command says about
+# the space, the budget or the training config. So the driver writes `rslad-search.json` when a
+# search starts, and `resume=true` compares it with the current command before Ray starts and
+# names every key that differs. Its `search_id` also tags the MLflow experiment, so a name used by
+# another search (other storage, other store) is recognised.
+
+RECORD_FILE = "rslad-search.json"
+RECORD_FORMAT = 2
+STUDY = "study_url"
+"""The Optuna study's database URL (None: in memory), kept for the resume: the restored searcher goes on writing
+there whatever the resuming command's tracking.uri."""
+
+
+def record_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key (saved -> now)' for each key whose value differs (missing keys count as differing)."""
+    out = []
+    for key in sorted(set(saved) | set(current), key=lambda k: (k.startswith("train."), k)):
+        old, new = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        if old != new:
+            out.append(f"{key} ({_short(old)} -> {_short(new)})")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def record_path(experiment_path: str) -> str:
+    """Where the description of the search at experiment_path lives."""
+    return f"{experiment_path.rstrip('/')}/{RECORD_FILE}"
+
+
+def read_record(experiment_path: str) -> dict[str, Any] | None:
+    """The saved description, or None when the folder has none (a new name, or a search from an older version)."""
+    where = record_path(experiment_path)
+    if is_uri(where):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(where)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode())
+    local = Path(where)
+    return json.loads(local.read_text()) if local.is_file() else None
+
+
+def write_record(experiment_path: str, record: dict[str, Any]) -> None:
+    """Write the description atomically (readable by its owner only on a local disk)."""
+    where = record_path(experiment_path)
+    text = json.dumps(record, indent=1, sort_keys=True)
+    if is_uri(where):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(where)
+        with fs.open_output_stream(path) as f:
+            f.write(text.encode())
         return
-    uri = cfg["tracking"]["uri"]
-    db = sqlite_file(uri)
-    if db is not None:
-        check_creatable(db.parent, f"tracking.uri={uri}")
-        if db.exists():
-            check_writable_file(db, f"tracking.uri={uri}")
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri)
+    local = Path(where)
+    tmp = local.with_name(f".{local.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, local)
 
 
-def check_server(uri: str) -> None:
-    """An MLflow server answers at all (MLflow itself would retry an unreachable one for minutes)."""
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return  # it answered (e.g. 401 from the basic-auth app): MLflow's own calls will say more
-    except (urllib.error.URLError, OSError) as err:
-        problem = str(getattr(err, "reason", err))
-    raise SearchInputError(f"tracking.uri={uri}: the MLflow server does not answer ({problem}); "
-                           "start it, or use tracking.uri=sqlite:////abs/path.db")
+# --- where the Optuna study lives ---------------------------------------------------------------------------
+STUDY_DB = "optuna.db"
+RDB_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
+
+
+def study_storage_url(tracking_uri: str | None, storage: str, explicit: str = "") -> str | None:
+    """Where a search's study lives: `explicit` (an RDB URL) if given; beside a sqlite tracking store
+    (sqlite:///dir/mlruns.db -> sqlite:///dir/optuna.db); else in a local storage folder
+    (<storage>/optuna.db); None (in memory) when neither is local (http tracking + s3:// storage).
+    """
+    if explicit:
+        if not explicit.startswith(RDB_SCHEMES):
+            raise SearchInputError(f"optuna.storage={explicit!r} is not a database URL; "
+                                   f"allowed: sqlite:///ABS/path.db, postgresql://..., mysql://...")
+        return explicit
+    tracking_db = sqlite_file(tracking_uri or "")
+    if tracking_db is not None:
+        return f"{SQLITE}{tracking_db.parent / STUDY_DB}"
+    if storage.startswith("file://"):
+        storage = storage[len("file://"):]
+    if not is_uri(storage):
+        return f"{SQLITE}{Path(storage) / STUDY_DB}"
+    return None

@@ -1,51 +1,73 @@
-"""MLflow tracking from the driver: one parent run per search, one child run per Ray trial.
-
-Ray's stock MLflowLoggerCallback opens a new run for every trial it sees after a restore
-(duplicates, orphans left RUNNING) and cannot tell an ASHA stop from a finished trial. This
-callback finds its runs again by tag (`rslad.search`, `ray.trial_id`) so a resumed search
-reattaches to them, and records each trial's real status. All writes happen in the driver
-process: SQLite takes one writer at a time.
-
-Across faults: a stop signal leaves the parent and the unfinished trials' runs KILLED (reopened by
-the resume); a trial restored from an older checkpoint does not log the epochs it repeats; a resumed
-search writes to the tracking URI of the command that resumes it; a SQLite store keeps artifacts in
-`mlartifacts/` beside the database file, not in the working directory.
-
-What the UI shows (MLflow 3): the experiment is tagged as model development and carries a stored
-runs view (search.mlflow_view: searched params, best_val_pgd_acc, status columns, every run
-listed best first); each trial's run is named after its searched values and trial id,
-with how it ended appended (`alpha_ratio=5 · 75cf6ae3 · stopped 2/8`); the parent logs the
-same metric names as its trials (the winner's best_val_pgd_acc, best_val_clean_acc, best_epoch)
-and the winner's searched values as `winner.<param>` tags, which a resume may update (params
-could not change once logged).
-"""
+"""All of MLflow: the search's tracker (a Tune callback), the runs view the UI opens on, URLs, the teachers' model
+registry, and the checks of the store before anything starts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import urlencode
 
 from ray import tune
 
-from search import interrupt
-from search.mlflow_view import experiment_tags, runs_view
+from search import driver
+from search.config import SearchConfig, SearchInputError
+from search.storage import check_creatable, check_writable_file
 from trainables.paths import sqlite_file
-from trainables.ray_adapter import FAILED, RESTORE_WARNING
+from trainables.schema import (
+    BEST_TRIAL,
+    CHECKPOINT_DIR,
+    EPOCHS_RUN,
+    ERROR,
+    FAILED,
+    METRIC_KEYS,
+    METRIC_TAG,
+    RESTORE_WARNING,
+    ROLE,
+    SEARCH,
+    SEARCH_ID,
+    STATUS,
+    STORAGE,
+    TRIAL_ID,
+    WINNER_PREFIX,
+)
+from trainables.teachers import get_teacher
+
+# mlflow is imported inside the functions that use it: its import reads MLFLOW_LOGGING_LEVEL, which
+# driver.quiet_libraries sets first, and costs seconds that --help and a refused command line do not pay.
+
+# --- the tracker: one parent run per search, one child run per trial ----------------------------------------
+# MLflow tracking from the driver: one parent run per search, one child run per Ray trial.
+#
+# Ray's stock MLflowLoggerCallback opens a new run for every trial it sees after a restore
+# (duplicates, orphans left RUNNING) and cannot tell an ASHA stop from a finished trial. This
+# callback finds its runs again by tag (`rslad.search`, `ray.trial_id`) so a resumed search
+# reattaches to them, and records each trial's real status. All writes happen in the driver
+# process: SQLite takes one writer at a time.
+#
+# Across faults: a stop signal leaves the parent and the unfinished trials' runs KILLED (reopened by
+# the resume); a trial restored from an older checkpoint does not log the epochs it repeats; a resumed
+# search writes to the tracking URI of the command that resumes it; a SQLite store keeps artifacts in
+# `mlartifacts/` beside the database file, not in the working directory.
+#
+# What the UI shows (MLflow 3): the experiment is tagged as model development and carries a stored
+# runs view (runs_view below: searched params, best_val_pgd_acc, status columns, every run
+# listed best first); each trial's run is named after its searched values and trial id,
+# with how it ended appended (`alpha_ratio=5 · 75cf6ae3 · stopped 2/8`); the parent logs the
+# same metric names as its trials (the winner's best_val_pgd_acc, best_val_clean_acc, best_epoch)
+# and the winner's searched values as `winner.<param>` tags, which a resume may update (params
+# could not change once logged).
 
 log = logging.getLogger(__name__)
 
-# What the trainable reports that belongs in MLflow (Ray adds timestamps, pids, config/*...).
-METRIC_KEYS = ("train_loss", "lr", "val_clean_acc", "val_pgd_acc", "best_val_pgd_acc", "best_val_clean_acc", "best_epoch",
-               "schedule_pct", "epoch_time_s", "images_per_s", "rsl_cache_computed", "rsl_cache_reused",
-               "gpu_mem_peak_gb", "gpu_mem_reserved_gb", "gpu_util_pct")
-ROLE, SEARCH, TRIAL_ID, STATUS = "rslad.role", "rslad.search", "ray.trial_id", "rslad.status"
-SEARCH_ID, STORAGE, EPOCHS_RUN = "rslad.search_id", "rslad.storage", "rslad.epochs_run"
 ARTIFACTS_DIR = "mlartifacts"
-WINNER_PREFIX = "winner."
 NAME_SEP = " · "
 MAX_RUN_NAME = 250  # MLflow's limit on run names
 ENDINGS = {"finished": "finished", "stopped_early": "stopped", "failed": "failed", "interrupted": "interrupted"}
@@ -87,8 +109,6 @@ def git_state(repo: Path) -> dict[str, str]:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("torch", "torchvision", "ray", "optuna", "mlflow", "pyautoattack", "hydra-core"):
         try:
@@ -204,7 +224,7 @@ class MLflowTracker(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """Close the parent run: FINISHED with the best trial's numbers, or KILLED when the driver was stopped."""
-        stopped_by = interrupt.received()
+        stopped_by = driver.received()
         self._close_children(trials, stopped_by)
         if stopped_by:
             self.client.set_tag(self.parent_id, "rslad.interrupted", stopped_by)
@@ -240,7 +260,7 @@ class MLflowTracker(tune.Callback):
         """The winner's numbers under the trials' own metric names, its searched values as tags, the counts."""
         from mlflow.entities import Metric, RunTag
 
-        metric = self.parent_tags.get("rslad.metric", "val_pgd_acc")
+        metric = self.parent_tags.get(METRIC_TAG, "val_pgd_acc")
         scored = [t for t in trials if t.last_result and f"best_{metric}" in t.last_result
                   and not t.last_result.get(FAILED)]
         if scored:
@@ -250,7 +270,7 @@ class MLflowTracker(tune.Callback):
             numbers = {k: best.last_result[k] for k in (f"best_{metric}", "best_val_clean_acc", "best_epoch")
                        if k in best.last_result}
             values = searched_values(best.config)
-            tags = [RunTag("rslad.best_trial", best.trial_id)] + [
+            tags = [RunTag(BEST_TRIAL, best.trial_id)] + [
                 RunTag(f"{WINNER_PREFIX}{k}", str(v)) for k, v in values.items()]
             self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
                                   tags=tags)
@@ -327,7 +347,7 @@ class MLflowTracker(tune.Callback):
         self._last_step[trial.trial_id] = step
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        self.client.set_tag(self.run_id(trial), "rslad.checkpoint_dir", checkpoint.path)
+        self.client.set_tag(self.run_id(trial), CHECKPOINT_DIR, checkpoint.path)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
@@ -335,7 +355,7 @@ class MLflowTracker(tune.Callback):
         status = trial_status(trial)
         self.client.set_tag(run_id, STATUS, status)
         if status == "failed":
-            self.client.set_tag(run_id, "rslad.error", str(trial.last_result[FAILED])[:4000])
+            self.client.set_tag(run_id, ERROR, str(trial.last_result[FAILED])[:4000])
         self.client.update_run(run_id, name=run_name(trial, status))
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
@@ -343,7 +363,7 @@ class MLflowTracker(tune.Callback):
         self._ended.add(trial.trial_id)
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, STATUS, "failed")
-        self.client.set_tag(run_id, "rslad.error", error_summary(trial))
+        self.client.set_tag(run_id, ERROR, error_summary(trial))
         self.client.update_run(run_id, name=run_name(trial, "failed"))
         self.client.set_terminated(run_id, "FAILED")
 
@@ -364,7 +384,7 @@ def ensure_parent_run(client: Any, experiment: str, tracking_uri: str, tags: dic
     exp_tags = {k: tags[k] for k in (SEARCH_ID, STORAGE) if k in tags}
     exp_id = get_or_create_experiment(client, experiment, tracking_uri, exp_tags)
     run_id = _parent_run(client, exp_id, experiment, tags, exp_tags, params, artifacts)
-    view = runs_view(searched, tags.get("rslad.metric", "val_pgd_acc"))
+    view = runs_view(searched, tags.get(METRIC_TAG, "val_pgd_acc"))
     for key, value in experiment_tags(view).items():
         client.set_experiment_tag(exp_id, key, value)
     return run_id
@@ -393,3 +413,211 @@ def _parent_run(client: Any, exp_id: str, experiment: str, tags: dict[str, str],
             (Path(folder) / name).write_text(text)
             client.log_artifact(run.info.run_id, str(Path(folder) / name), "config")
     return run.info.run_id
+
+
+# --- what the UI opens on -----------------------------------------------------------------------------------
+# What makes MLflow 3's UI open a search on its trials: experiment tags and the URL of the runs table.
+#
+# Found in MLflow 3.17's UI (and checked with headless Chromium, tests/test_screenshots.py):
+# - The UI shows an experiment in "GenAI" mode (an Overview of traces, a "Detect Issues" popup)
+#   unless the URL says `workflowType=machine_learning` or the browser remembered "Model training";
+#   the experiment tag `mlflow.experimentKind=custom_model_development` is recorded (the kind
+#   selector shows it) but does not change where the page lands.
+# - `#/experiments/<id>/runs?viewStateShareKey=<key>` opens the runs table with the view stored in
+#   the experiment tag `mlflow.sharedViewState.<key>` (plain JSON is accepted): which columns show,
+#   the sort order (MLflow 3.17 takes `runsExpanded` from a shared view's JSON but drops it).
+# - The table nests child runs under their parent (collapsed) only when it is sorted by start time
+#   and not filtered; sorted by a metric it lists every run flat. The view sorts by the best metric:
+#   all trials show at once, ranked, with the parent run (which logs the winner's numbers under the
+#   same names) beside the winner.
+# - Run Name, Created and Duration always show; the view adds few columns after them so the
+#   searched params and the status fit a laptop screen.
+
+KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+VIEW_KEY = "rslad"
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+# MLflow stores tag values up to 8000 characters (5000 in older stores): a view must stay below.
+MAX_TAG_CHARS = 5000
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+RUN_NAME_WIDTH = 320  # px: 'alpha_ratio=1.252 · 600b0a1c · stopped 2/4' whole (the UI's default, 190, cuts it)
+
+
+def column(kind: str, name: str) -> str:
+    """The UI's column key: params.`alpha`, metrics.`val_pgd_acc`, tags.`rslad.status`."""
+    return f"{kind}.`{name}`"
+
+
+def runs_view(searched: Iterable[str], metric: str, metrics: Iterable[str] = ("best_val_clean_acc",),
+              tags: Iterable[str] = ("rslad.status",)) -> dict:
+    """The runs-table view of a search: searched params, the best metric, clean accuracy, the trial status;
+    every run listed, best first."""
+    best = f"best_{metric}"
+    columns = ([column("params", f"search.{p}") for p in searched] + [column("metrics", best)]
+               + [column("metrics", m) for m in metrics if m != best] + [column("tags", t) for t in tags])
+    return {"selectedColumns": columns, "orderByKey": column("metrics", best), "orderByAsc": False,
+            "columnOrder": [RUN_NAME_COLUMN], "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH}}
+
+
+def experiment_tags(view: dict, key: str = VIEW_KEY) -> dict[str, str]:
+    """Experiment tags that mark a search as model development and store its runs view under `key`."""
+    text = json.dumps(view, separators=(",", ":"))
+    if len(text) > MAX_TAG_CHARS:
+        raise ValueError(f"runs view of {len(text)} characters does not fit an MLflow tag ({MAX_TAG_CHARS})")
+    return {KIND_TAG: MODEL_DEVELOPMENT, f"{VIEW_TAG_PREFIX}{key}": text}
+
+
+def runs_url(ui: str, experiment_id: str, key: str | None = VIEW_KEY) -> str:
+    """URL of the experiment's runs table in model-training mode (with the stored view when `key` is given)."""
+    query = {"workflowType": "machine_learning", **({"viewStateShareKey": key} if key else {})}
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def browse_lines(cfg: SearchConfig, name: str, study_url: str | None) -> list[str]:
+    """How to open the search in MLflow's UI (its runs table, directly) and in optuna-dashboard."""
+    lines = []
+    uri = cfg.tracking.uri
+    if cfg.tracking.enabled:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(uri).get_experiment_by_name(name)
+        if uri.startswith(("http://", "https://")):
+            lines.append(f"browse: {runs_url(uri, exp.experiment_id) if exp else uri}   (experiment '{name}')")
+        else:
+            ui = "http://127.0.0.1:5000"
+            lines.append(f"browse: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+            if exp is not None:
+                lines.append(f"        then open {runs_url(ui, exp.experiment_id)}")
+    if study_url:
+        lines.append(f"study:  optuna-dashboard {study_url} --host 127.0.0.1 --port 8080   "
+                     f"(study '{name}'; pip install optuna-dashboard)")
+    return lines
+
+
+# --- the store, checked before anything starts --------------------------------------------------------------
+HEALTH_TIMEOUT_S = 5
+
+
+def check_tracking_store(cfg: SearchConfig) -> None:
+    """The MLflow store can be written (a sqlite file's folder and file) or answers (a server); nothing when tracking is off."""
+    if not cfg.tracking.enabled:
+        return
+    uri = cfg.tracking.uri
+    db = sqlite_file(uri)
+    if db is not None:
+        check_creatable(db.parent, f"tracking.uri={uri}")
+        if db.exists():
+            check_writable_file(db, f"tracking.uri={uri}")
+    elif uri.startswith(("http://", "https://")):
+        check_server(uri)
+
+
+def check_server(uri: str) -> None:
+    """An MLflow server answers at all (MLflow itself would retry an unreachable one for minutes)."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 from the basic-auth app): MLflow's own calls will say more
+    except (urllib.error.URLError, OSError) as err:
+        problem = str(getattr(err, "reason", err))
+    raise SearchInputError(f"tracking.uri={uri}: the MLflow server does not answer ({problem}); "
+                           "start it, or use tracking.uri=sqlite:////abs/path.db")
+
+
+def check_tracking_name(cfg: SearchConfig, name: str, experiment_path: str, saved: dict | None) -> None:
+    """The MLflow experiment of this name is free (new search) or belongs to this very search (resume)."""
+    if not cfg.tracking.enabled:
+        return
+    uri = cfg.tracking.uri
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        return  # nothing recorded yet; opening it with MLflow would create it
+    exp = _experiment(uri, name)
+    if exp is None:
+        return
+    if exp.lifecycle_stage == "deleted":
+        raise SearchInputError(f"name={name!r} belongs to a deleted MLflow experiment in {uri}; "
+                               f"restore or purge it (mlflow gc), or pick another name=")
+    owner = exp.tags.get(SEARCH_ID)
+    where = exp.tags.get(STORAGE)
+    if cfg.resume and owner is not None and saved is not None and owner == saved["search_id"]:
+        return
+    raise SearchInputError(f"name={name!r} is already used in the tracking store {uri} by "
+                           f"{'another ' if cfg.resume else 'the '}search stored at {where or 'an unknown place'}; "
+                           f"pick another name=")
+
+
+def _experiment(uri: str, name: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(uri).get_experiment_by_name(name)
+    except Exception as err:  # noqa: BLE001  (MLflow, SQLAlchemy and sqlite3 each raise their own kind)
+        first = " ".join(str(err).split()).split(" [SQL:")[0][:300]
+        raise SearchInputError(f"tracking.uri={uri} cannot be read as an MLflow store "
+                               f"({type(err).__name__}: {first})") from None
+
+
+# --- the teachers' model registry ---------------------------------------------------------------------------
+REGISTERED_PREFIX = "rslad-teacher-"
+ARTIFACT_DIR = "teacher"
+TEACHERS_EXPERIMENT = "teachers"
+
+
+def registered_versions(tracking_uri: str, name: str) -> list:
+    """The MLflow model registry's versions of teacher `name` ([] when none, or the store has none: a missing
+    SQLite file is not opened, so nothing is created)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.exists():
+        return []
+    try:
+        return list(MlflowClient(tracking_uri).search_model_versions(f"name='{REGISTERED_PREFIX}{name}'"))
+    except MlflowException:
+        return []
+
+
+def fetch_registered(name: str, dest: Path, tracking_uri: str) -> bool:
+    """Download the newest registered version of teacher `name` from MLflow into dest; False if none."""
+    versions = registered_versions(tracking_uri, name)
+    if not versions:
+        return False
+    newest = max(versions, key=lambda v: int(v.version))
+    import mlflow.artifacts
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    got = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{newest.run_id}/{ARTIFACT_DIR}/{name}.pt",
+                                              dst_path=str(dest.parent / f".{name}.download"),
+                                              tracking_uri=tracking_uri)
+    Path(got).replace(dest)
+    log.info("teacher %s: version %s from the MLflow model registry -> %s", name, newest.version, dest)
+    return True
+
+
+def register_teacher_model(name: str, path: Path, train: dict[str, Any], meta: dict, tracking_uri: str) -> str:
+    """Log the teacher's weights and metrics in the 'teachers' experiment and register a model version."""
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(client, TEACHERS_EXPERIMENT, tracking_uri)
+    spec = get_teacher(name)
+    run = client.create_run(exp_id, run_name=name, tags={ROLE: "teacher", "rslad.teacher": name,
+                                                         "rslad.arch": spec.arch, "rslad.dataset": spec.dataset})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in train.items()],
+                     metrics=[Metric(k, float(v), 0, int(meta["epoch"])) for k, v in meta["metrics"].items()])
+    client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+    client.set_terminated(run_id, "FINISHED")
+    model_name = REGISTERED_PREFIX + name
+    try:
+        client.create_registered_model(model_name, description=f"RSLAD teacher {name} ({spec.arch}, {spec.method})")
+    except MlflowException:
+        pass  # already registered: add a version
+    version = client.create_model_version(model_name, source=f"runs:/{run_id}/{ARTIFACT_DIR}", run_id=run_id,
+                                          tags={k: str(v) for k, v in meta["metrics"].items()})
+    return version.version

@@ -48,11 +48,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spaces.budget import compile_budget
-from spaces.errors import DEFAULT_PROFILE, SPACES_DIR, SpaceError, check_keys, display_name, fmt_list
+from spaces.errors import (
+    DEFAULT_PROFILE,
+    SPACES_DIR,
+    SpaceError,
+    check_keys,
+    display_name,
+    fmt_list,
+)
 from spaces.params import PARAM_TYPES, TRANSFORMS, Param, is_int, is_number
-# Searchers pickled before the split name spaces.compiler.Space (and .Param): a resume unpickles
-# them through these names, so both stay importable from here.
+
 from spaces.space import Space
+from spaces.validation import validate
 from spaces.yaml_loading import read_profile
 from trainables.config import config_fields
 
@@ -76,17 +83,22 @@ def list_spaces(spaces_dir: str | Path | None = None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml") if not p.name.startswith("_"))
 
 
-def load_space(name: str, profile: str = DEFAULT_PROFILE, spaces_dir: str | Path | None = None) -> Space:
-    """Read spaces_dir/<name>.yaml, merge the profile's overrides and check its structure (not the base)."""
+def load_space(name: str, profile: str = DEFAULT_PROFILE, spaces_dir: str | Path | None = None, *,
+               base: Mapping[str, Any]) -> Space:
+    """Read spaces_dir/<name>.yaml, merge the profile's overrides, check its structure, then check every value it
+    can give against the base train config `base` (a TrainConfig dict: the profile and command line's); SpaceError
+    on the first problem. The Space returned is whole: its base recorded, every trial config buildable."""
     folder = Path(spaces_dir).resolve() if spaces_dir is not None else SPACES_DIR
     path = folder / f"{name}.yaml"
     if not path.is_file():
         raise SpaceError(f"space={name!r} not found; available: {fmt_list(list_spaces(folder))}")
     doc = read_profile(path, profile)
-    return _compile(name, profile, path, display_name(path, profile), doc)
+    space = _compile(name, profile, path, display_name(path, profile), doc, dict(base))
+    validate(space)
+    return space
 
 
-def _compile(name: str, profile: str, path: Path, where: str, doc: dict[str, Any]) -> Space:
+def _compile(name: str, profile: str, path: Path, where: str, doc: dict[str, Any], base: dict[str, Any]) -> Space:
     fields = config_fields()
     description = doc.get("description", "")
     if not isinstance(description, str):
@@ -152,6 +164,7 @@ def _compile(name: str, profile: str, path: Path, where: str, doc: dict[str, Any
         points_to_evaluate=[dict(p) for p in points],
         budget=budget,
         source=path,
+        base=base,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from trainables.errors import UserError
+
 SPACES_DIR: Path = Path(__file__).resolve().parent
 """Folder of the shipped space files (this package); messages name those by their place in it."""
 
@@ -12,7 +14,7 @@ DEFAULT_PROFILE = "paper"
 """The profile that is the file itself, without overrides; messages name any other."""
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError):
     """A space file is missing, malformed or does not fit TrainConfig; the message names file and key."""
 
 

@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # optuna is only needed by whoever passes a trial in
     import optuna
 
 PARAM_TYPES = ("choice", "uniform", "loguniform", "quniform", "int", "logint")
-RANGE_TYPES = PARAM_TYPES[1:]
 
 
 # --- transforms -------------------------------------------------------------------------------

@@ -13,11 +13,10 @@ Tuner's param_space; the trainable reads only ``config["train"]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from spaces import validation
 from spaces.errors import SpaceError, display_name, fmt_list
 from spaces.params import Param
 from trainables.config import TrainConfig
@@ -45,8 +44,9 @@ class Space:
     points_to_evaluate: list[dict[str, Any]]
     budget: dict[str, Any]
     source: Path
-    base: dict[str, Any] = field(default_factory=dict)
-    """Base train config recorded by validate(); `when` on a field the space does not set reads it."""
+    base: dict[str, Any]
+    """The base train config (profile and command line) the space was checked against; `when` on a field the space
+    does not set reads it."""
 
     # -- trial-time API ----------------------------------------------------------------------
     def define_by_run(self, trial: "optuna.Trial") -> dict[str, Any]:
@@ -152,8 +152,3 @@ class Space:
 
     def _param_names(self) -> list[str]:
         return [p.name for p in self.params]
-
-    # -- pre-flight validation -------------------------------------------------------------------
-    def validate(self, base: Mapping[str, Any]) -> None:
-        """Build a TrainConfig for every param value (ranges: both ends) and warm start; raise SpaceError on the first bad one."""
-        validation.validate(self, base)

@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from spaces.errors import SpaceError, display_name
+from spaces.params import Param
+from spaces.space import Space
 from trainables.config import ConfigError
 
-if TYPE_CHECKING:  # Space.validate calls in here: importing Space at run time would be a circle
-    from spaces.params import Param
-    from spaces.space import Space
 
-
-def validate(space: Space, base: Mapping[str, Any]) -> None:
-    """Record base on the space; build a TrainConfig for every param value (ranges: both ends) and warm start.
+def validate(space: Space) -> None:
+    """Build a TrainConfig (on the space's base) for every param value (ranges: both ends) and warm start.
 
     Each value is tried under every assignment of earlier params that makes its `when` hold;
     SpaceError on the first bad one.
     """
-    space.base = dict(base)
     where = display_name(space.source, space.profile)
     _check_config(space, "fixed", {})
     for p in space.params:

@@ -9,7 +9,13 @@ from typing import Any
 
 import yaml
 
-from spaces.errors import DEFAULT_PROFILE, SpaceError, check_keys, display_name, fmt_list
+from spaces.errors import (
+    DEFAULT_PROFILE,
+    SpaceError,
+    check_keys,
+    display_name,
+    fmt_list,
+)
 
 TOP_LEVEL_KEYS = ("description", "metric", "mode", "params", "fixed", "points_to_evaluate", "budget", "profiles")
 

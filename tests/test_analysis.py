@@ -20,10 +20,13 @@ import pytest
 import torch
 
 from analysis import paper, plots
-from analysis.cli import CliError, ExperimentNotFoundError, parse_args, tracking_uri
+from analysis.options import parse_args, tracking_uri
+from analysis.runs import ExperimentNotFoundError
+from search.config import SearchConfigError
 from analysis.finalize import AA, AA_CUSTOM, aa_column, finalize
 from analysis.report import build_report
-from analysis.runs import TEST_COLUMNS, load_history, load_runs, result_key
+from analysis.runs import load_history, load_runs, result_key
+from trainables.schema import EVAL_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "fake-search"
@@ -88,7 +91,8 @@ def write_fake_search(tmp: Path) -> dict:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, atomic_save, model_file
+    from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, model_file
+    from trainables.files import atomic_save
     from trainables.models import build_model
     from trainables.teachers import get_teacher, save_teacher_checkpoint
 
@@ -228,9 +232,9 @@ def test_finalize_evaluates_exactly_the_top_k(finalized):
     assert result.select == "best_val_pgd_acc" and result.mode == "max"
     assert result.top == ["t0001", "t0002"]  # t0005 scores higher but failed
     runs = load_runs(NAME, finalized["uri"]).set_index("trial_id")
-    keys = [result_key(c, ck) for c in TEST_COLUMNS for ck in ("best", "last")]
+    keys = [result_key(c, ck) for c in EVAL_COLUMNS for ck in ("best", "last")]
     assert sorted(result.evaluated) == sorted((t, ck, c) for t in result.top for ck in ("best", "last")
-                                              for c in TEST_COLUMNS)
+                                              for c in EVAL_COLUMNS)
     for tid in runs.index:
         present = [k for k in keys if k in runs.columns and pd.notna(runs.loc[tid, k])]
         assert present == (keys if tid in result.top else []), tid
@@ -242,7 +246,7 @@ def test_finalize_evaluates_exactly_the_top_k(finalized):
         for ck in ("best", "last"):
             clean = row[result_key("clean", ck)]
             assert 0.3 < clean <= 1.0
-            for col in TEST_COLUMNS[1:]:
+            for col in EVAL_COLUMNS[1:]:
                 assert row[result_key(col, ck)] <= clean + 1e-9
     # The parent carries the winner's numbers.
     parent = client(finalized["uri"]).get_run(finalized["parent"])
@@ -254,7 +258,7 @@ def test_finalize_evaluates_exactly_the_top_k(finalized):
 def test_finalize_resumes_and_evaluates_nothing_twice(finalized, tmp_path):
     again = finalize(NAME, finalized["uri"], top_k=TOP_K, aa_n=AA_N, device="cpu")
     assert again.evaluated == []
-    assert len(again.skipped) == TOP_K * 2 * len(TEST_COLUMNS)
+    assert len(again.skipped) == TOP_K * 2 * len(EVAL_COLUMNS)
     # A different AutoAttack size makes only the AutoAttack results stale (on a copy: the fixture stays at aa.n=16).
     other = copy_store(finalized, tmp_path)
     smaller = finalize(NAME, other["uri"], top_k=1, aa_n=8, device="cpu", columns=("clean", "autoattack"))
@@ -406,7 +410,7 @@ def test_compare_section_gives_the_difference_in_points():
 
     row = {"trial_id": "t9", "dataset": "cifar10", "student": "resnet18", "method": "rslad",
            "teacher": "wrn34_10_trades", "rsl_source": "nat-nat-nat", "alpha": 5 / 6, "eps": 8 / 255, "epochs": 300,
-           **{result_key(c, ck): 0.5 for c in TEST_COLUMNS for ck in ("best", "last")}}
+           **{result_key(c, ck): 0.5 for c in EVAL_COLUMNS for ck in ("best", "last")}}
     row[result_key("clean", "best")] = 0.8400
     rows = md_tables("\n".join(compare_section(pd.DataFrame([row]))))[0]
     diff = [r for r in rows if r["Row"] == "difference (points)" and r["Checkpoint"] == "best"][0]
@@ -461,7 +465,7 @@ def test_compare_puts_each_recipe_beside_its_table4_row():
     from analysis.report import compare_section, trial_setting
 
     base = {"dataset": "cifar10", "student": "resnet18", "teacher": "none", "eps": 8 / 255,
-            **{result_key(c, ck): 0.5 for c in TEST_COLUMNS for ck in ("best", "last")}}
+            **{result_key(c, ck): 0.5 for c in EVAL_COLUMNS for ck in ("best", "last")}}
     trials = pd.DataFrame([
         {**base, "trial_id": "s", "method": "sat", "recipe": "sat", "epochs": 100},
         # a -300 recipe scaled down to 100 epochs is still the -300 row, not the 100-epoch one
@@ -482,11 +486,11 @@ def test_parse_args_defaults_and_errors(tmp_path, monkeypatch):
                     "select": "best_val_pgd_acc", "device": "auto"}
     assert tracking_uri("sqlite:///rel.db") == f"sqlite:///{tmp_path / 'rel.db'}"
     assert tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    with pytest.raises(CliError, match=r"unknown key 'bogus'; allowed keys: name, top_k"):
+    with pytest.raises(SearchConfigError, match=r"unknown key 'bogus'; allowed keys: name, top_k"):
         parse_args(["name=x", "bogus=1"], ("name", "top_k"))
-    with pytest.raises(CliError, match="top_k='three' must be an integer"):
+    with pytest.raises(SearchConfigError, match="top_k='three' must be an integer"):
         parse_args(["name=x", "top_k=three"], ("name", "top_k"))
-    with pytest.raises(CliError, match="missing name="):
+    with pytest.raises(SearchConfigError, match="missing name="):
         parse_args([], ("name",))
 
 

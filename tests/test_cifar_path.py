@@ -198,7 +198,8 @@ def test_paper_profile_search_trains_resnet18_from_wrn34_10_on_cifar10_files(cif
 def test_finalize_evaluates_the_winner_on_the_cifar10_test_files(cifar_search):
     from mlflow.tracking import MlflowClient
 
-    from analysis.runs import TEST_COLUMNS, result_key
+    from analysis.runs import result_key
+    from trainables.schema import EVAL_COLUMNS
 
     client = MlflowClient(cifar_search["uri"])
     exp = client.get_experiment_by_name(NAME)
@@ -208,7 +209,7 @@ def test_finalize_evaluates_the_winner_on_the_cifar10_test_files(cifar_search):
     assert winner.data.tags["test.n"] == str(TEST_IMAGES)  # the whole test_batch written above
     for checkpoint in ("best", "last"):
         clean = winner.data.metrics[result_key("clean", checkpoint)]
-        for column in TEST_COLUMNS:
+        for column in EVAL_COLUMNS:
             assert 0 <= winner.data.metrics[result_key(column, checkpoint)] <= clean
         # AutoAttack ran (all four standard attacks) on the one image every model gets wrong
         assert winner.data.metrics[result_key("autoattack", checkpoint)] == 0.0

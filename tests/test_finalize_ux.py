@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from analysis import finalize as fin
-from analysis.cli import KEYS, parse_args
-from analysis.runs import TEST_COLUMNS, load_runs, result_key
+from analysis.options import KEYS, parse_args
+from analysis.runs import load_runs, result_key
+from trainables.schema import EVAL_COLUMNS
 from test_analysis import train_tiny, trial_config
 
 NAME = "ux-search"
@@ -26,7 +27,8 @@ def pristine(tmp_path_factory) -> dict:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, atomic_save, model_file
+    from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, model_file
+    from trainables.files import atomic_save
 
     tmp_path = tmp_path_factory.mktemp("ux")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -166,7 +168,7 @@ def test_the_printed_table_fits_100_columns_with_every_column(store, capsys):
 
 def test_the_table_of_three_trials_with_an_autoattack_subset_too_stays_within_100_columns():
     runs = pd.DataFrame([{"trial_id": f"{i:08x}", "best_val_pgd_acc": 0.5,
-                          **{result_key(c, ck): 0.123 for c in (*TEST_COLUMNS, "aa_custom") for ck in ("best", "last")},
+                          **{result_key(c, ck): 0.123 for c in (*EVAL_COLUMNS, "aa_custom") for ck in ("best", "last")},
                           "test.best.epoch": "215", "test.last.epoch": "300"} for i in range(3)])
     text = fin.format_table(fin.final_table(runs, list(runs["trial_id"]), "best_val_pgd_acc"))
     assert max(len(line) for line in text.splitlines()) <= 100 and "AA_subset" in text and "12.30" in text

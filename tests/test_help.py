@@ -1,4 +1,4 @@
-"""search/help.py and search/keys.py: --help from the table that validates, --cfg job, refusals of Hydra forms."""
+"""search/cli.py and search/config.py: --help from the schema that validates, --cfg job, refusals of Hydra forms."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.config import compose_config, resolve_paths
-from search.errors import SearchInputError
-from search.help import read_command_line, render_cfg_job, render_help, train_field_docs
-from search.keys import KEYS, flat_keys, validate
+from search.cli import read_command_line, render_cfg_job, render_help
+from search.config import SearchConfig, SearchInputError, compose_config, field_docs, search_key_docs, search_keys
 from trainables.config import TrainConfig
 
 
@@ -28,13 +26,15 @@ def smoke() -> dict:
     return compose_config(["space=joint", "profile=smoke"])
 
 
-def test_the_key_table_and_config_yaml_name_the_same_keys(paper):
-    assert sorted(flat_keys(paper)) == sorted(k.name for k in KEYS if k.name != "profile")
+def validate(composed: dict) -> None:
+    SearchConfig.from_dict(composed)
 
 
-def test_every_trainconfig_field_has_a_docstring():
-    assert sorted(train_field_docs()) == sorted(f.name for f in dataclasses.fields(TrainConfig))
-    assert train_field_docs()["alpha"].startswith("RSLAD weight of the adversarial term")
+def test_every_search_key_and_trainconfig_field_has_a_docstring():
+    assert sorted(search_key_docs()) == sorted(key for key, _ in search_keys())
+    assert all(search_key_docs().values())
+    assert sorted(field_docs(TrainConfig)) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+    assert field_docs(TrainConfig)["alpha"].startswith("RSLAD weight of the adversarial term")
 
 
 def help_rows(text: str) -> dict[str, str]:
@@ -52,8 +52,8 @@ def test_help_lists_every_key_with_the_composed_default_and_fits_100_columns(pap
     assert text.startswith("usage: python -m search.run") and "--cfg job" in text
     assert max(len(line) for line in text.splitlines()) <= 100
     rows = help_rows(text)
-    for key in KEYS:
-        assert key.name in rows, key.name
+    for key, _ in search_keys():
+        assert key in rows, key
     for f in dataclasses.fields(TrainConfig):
         assert f"train.{f.name}" in rows, f.name
     assert rows["space"] == "joint" and rows["profile"] == "paper" and rows["num_samples"] == "null"
@@ -87,9 +87,9 @@ def test_validate_accepts_the_defaults_and_refuses_bad_values_in_one_line(paper)
 
 
 def test_cfg_job_is_the_resolved_config_as_yaml(tmp_path):
-    cfg = resolve_paths(compose_config(["space=alpha", "profile=smoke", "storage=rr"]), tmp_path)
+    cfg = SearchConfig.from_dict(compose_config(["space=alpha", "profile=smoke", "storage=rr"])).resolved(tmp_path)
     text = render_cfg_job(cfg)
-    assert yaml.safe_load(text) == cfg
+    assert yaml.safe_load(text) == cfg.to_dict()
     assert f"storage: {tmp_path}/rr" in text
 
 
@@ -162,7 +162,7 @@ def test_help_of_the_real_commands_lists_every_key(places):
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         assert proc.stdout.startswith(f"usage: python -m {module} [key=value ...]")
         rows = help_rows(proc.stdout)
-        assert all(key.name in rows for key in KEYS)
+        assert all(key in rows for key, _ in search_keys())
         assert rows["dry_run"] == "false" and rows["verbose"] == "false" and rows["optuna.storage"] == "''"
         assert rows["train.epochs"] == "8"  # the smoke profile's
     assert_nothing_started_or_written(places)
@@ -202,7 +202,7 @@ def test_a_key_without_effect_is_refused_by_the_real_command_in_one_line(places)
 def test_cfg_job_and_dry_runs_in_process_leave_ray_unstarted(tmp_path, monkeypatch, capsys):
     import ray
 
-    from search.errors import run_cli
+    from search.cli import run_cli
     from search.run import main
     from search.teachers import main as teachers_main
 

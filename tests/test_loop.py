@@ -5,6 +5,7 @@ import torch
 from conftest import save_random_teacher
 
 from trainables import checkpoints
+from trainables.files import atomic_save
 from trainables.config import TrainConfig
 from trainables.loop import Training, fit
 
@@ -41,7 +42,7 @@ def test_resume_from_state_gives_the_same_next_epoch(tmp_path):
 
     first = Training(cfg)
     first.run_epoch()
-    path = checkpoints.atomic_save(first.state_dict(), tmp_path / "state.pt")
+    path = atomic_save(first.state_dict(), tmp_path / "state.pt")
     del first
     torch.manual_seed(999)  # whatever happened in between must not matter
     resumed = Training(cfg, checkpoints.load(path))
@@ -64,7 +65,7 @@ def test_model_files_rebuild_the_student(tmp_path):
     training = Training(digits_cfg(epochs=1, train_subset=128))
     training.run_epoch()
     for name, blob in training.model_files().items():
-        checkpoints.atomic_save(blob, tmp_path / name)
+        atomic_save(blob, tmp_path / name)
     model, cfg, meta = checkpoints.load_model(tmp_path / checkpoints.BEST_MODEL_FILE)
     assert cfg == training.cfg and meta["epoch"] == 1 and not model.training
     x = torch.rand(4, 1, 8, 8)

@@ -1,4 +1,4 @@
-"""search/optuna_study.py: the study in a database, ASHA-stopped trials as PRUNED (and TPE ranking them so), resume.
+"""search/study.py: the study in a database, ASHA-stopped trials as PRUNED (and TPE ranking them so), resume.
 
 The searcher is driven through Tune's searcher interface (suggest / on_trial_result /
 on_trial_complete / save / restore) with fake results, the way Tune's controller calls it;
@@ -16,15 +16,9 @@ from optuna.samplers._tpe.sampler import _split_trials
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.errors import SearchInputError
-from search.optuna_study import (
-    ORPHAN_REASON,
-    RAY_TRIAL_ATTR,
-    StudySearch,
-    check_new_study,
-    ran_whole_schedule,
-    study_storage_url,
-)
+from search.config import SearchInputError
+from search.storage import study_storage_url
+from search.study import ORPHAN_REASON, RAY_TRIAL_ATTR, StudySearch, check_new_study, ran_whole_schedule
 
 EPOCHS = 4
 
@@ -204,7 +198,7 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from search.optuna_study import StudySearch
+from search.study import StudySearch
 
 EPOCHS = 4
 root = Path(sys.argv[1])

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 # run a Tuner at verbose=0, create an Optuna study and a new SQLite MLflow store.
 SCRIPT = r'''
 import sys
-from search.quiet import quiet_libraries
+from search.driver import quiet_libraries
 quiet_libraries(verbose=sys.argv[1] == "true")
 import ray
 from ray import tune

@@ -20,7 +20,7 @@ import pytest
 from browser import INSTALL, distinct_colours, find_chromium, free_port, pixels, screenshot, serve
 from commands import SMOKE_NAME
 from commands import env as command_env
-from search.mlflow_view import KIND_TAG, experiment_tags, runs_url, runs_view
+from search.tracking import KIND_TAG, experiment_tags, runs_url, runs_view
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = SMOKE_NAME

@@ -7,8 +7,8 @@ from commands import run_search
 
 from search.config import SearchConfigError, compose_config
 from trainables.paths import absolute_tracking_uri
-from search.errors import SearchInputError
-from search.run import plan_search
+from search.config import SearchInputError
+from search.plan import plan_search
 from spaces import SpaceError, list_spaces
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,20 +27,20 @@ def test_every_space_composes_with_every_profile(space, profile, tmp_path):
 def test_profiles_and_overrides_land_in_the_train_config(tmp_path):
     plan = plan_search(["space=alpha", "profile=smoke", "train.epochs=3", "num_samples=2", "seed=7"], cwd=tmp_path)
     assert plan.base_train["epochs"] == 3 and plan.base_train["eps"] == 0.1
-    assert plan.num_samples == 2 and plan.cfg["seed"] == 7
-    assert plan.cfg["teachers"]["auto_train"] is True
+    assert plan.num_samples == 2 and plan.cfg.seed == 7
+    assert plan.cfg.teachers.auto_train is True
     paper = plan_search(["space=alpha"], cwd=tmp_path)
-    assert paper.cfg["teachers"]["auto_train"] is False and paper.base_train["epochs"] == 300
+    assert paper.cfg.teachers.auto_train is False and paper.base_train["epochs"] == 300
 
 
 def test_every_relative_path_is_made_absolute_in_the_driver(tmp_path):
     plan = plan_search(["space=alpha", "storage=runs", "tracking.uri=sqlite:///db/m.db",
                         "train.data_dir=d", "train.teachers_dir=t"], cwd=tmp_path)
-    assert plan.cfg["storage"] == str(tmp_path / "runs")
-    assert plan.cfg["tracking"]["uri"] == f"sqlite:///{tmp_path}/db/m.db"
+    assert plan.cfg.storage == str(tmp_path / "runs")
+    assert plan.cfg.tracking.uri == f"sqlite:///{tmp_path}/db/m.db"
     assert plan.base_train["data_dir"] == str(tmp_path / "d")
     assert plan.base_train["teachers_dir"] == str(tmp_path / "t")
-    assert plan_search(["space=alpha", "storage=s3://bucket/runs"], cwd=tmp_path).cfg["storage"] == "s3://bucket/runs"
+    assert plan_search(["space=alpha", "storage=s3://bucket/runs"], cwd=tmp_path).cfg.storage == "s3://bucket/runs"
     assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert absolute_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
 

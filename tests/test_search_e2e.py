@@ -113,7 +113,7 @@ def _parse(text: str):
 
 
 def test_registered_teacher_is_fetched_from_mlflow(workdir, smoke_search, tmp_path):
-    from search.teachers import fetch_registered
+    from search.tracking import fetch_registered
     from trainables.teachers import build_teacher
 
     dest = tmp_path / "digits_cnn_medium_trades.pt"

@@ -59,7 +59,7 @@ def test_every_shipped_space_is_listed():
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_space_validates_and_every_trial_is_a_valid_config(name: str, profile: str):
-    space = load_space(name, profile)
+    space = load_space(name, profile, base=BASES[profile])
     assert (space.name, space.profile, space.metric, space.mode) == (name, profile, "val_pgd_acc", "max")
     assert space.description and space.source == SPACES_DIR / f"{name}.yaml"
     # The method space is a table of paper rows: every recipe runs to the end.
@@ -70,7 +70,6 @@ def test_shipped_space_validates_and_every_trial_is_a_valid_config(name: str, pr
         assert space.budget["max_concurrent"] == 2
         if name != "method":
             assert (space.budget["asha"]["grace_period"], space.budget["asha"]["reduction_factor"]) == (25, 2)
-    space.validate(BASES[profile])
     teachers = DIGITS_TEACHERS if profile == "smoke" else CIFAR_TEACHERS
     for params, train in sample(space, 40):
         values = unprefix(train)
@@ -86,17 +85,16 @@ def test_shipped_space_validates_and_every_trial_is_a_valid_config(name: str, pr
 
 def test_smoke_profile_only_swaps_teachers_and_budget():
     for name in SHIPPED:
-        paper, smoke = load_space(name, "paper"), load_space(name, "smoke")
+        paper, smoke = load_space(name, "paper", base=PAPER_BASE), load_space(name, "smoke", base=SMOKE_BASE)
         assert paper.fixed == smoke.fixed and [p.name for p in paper.params] == [p.name for p in smoke.params]
         for p in smoke.params:
             if p.target == "teacher":
                 assert set(p.values) <= DIGITS_TEACHERS
-    assert load_space("epochs", "smoke").params[0].values == [3, 6, 9]
+    assert load_space("epochs", "smoke", base=SMOKE_BASE).params[0].values == [3, 6, 9]
 
 
 def test_alpha_space_maps_k_to_alpha_and_covers_the_log_range():
-    space = load_space("alpha")
-    space.validate(PAPER_BASE)
+    space = load_space("alpha", base=PAPER_BASE)
     assert space.points_to_evaluate == [{"alpha_ratio": 5.0}, {"alpha_ratio": 1.0}]
     assert abs(space.train_overrides({"alpha_ratio": 5.0})["train/alpha"] - 5 / 6) < 1e-12
     assert space.train_overrides({"alpha_ratio": 1.0}) == {"train/method": "rslad", "train/alpha": 0.5}
@@ -110,7 +108,7 @@ def test_alpha_space_maps_k_to_alpha_and_covers_the_log_range():
 
 
 def test_warm_starts_are_enqueued_in_param_units():
-    space = load_space("alpha")
+    space = load_space("alpha", base=PAPER_BASE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for point in space.points_to_evaluate:
         study.enqueue_trial(point)
@@ -124,8 +122,7 @@ DISTILL = ("ard", "ard_300", "iad", "iad_300", "rslad")
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_method_space_runs_every_recipe_with_a_teacher_only_for_distillation(profile: str):
-    space = load_space("method", profile)
-    space.validate(BASES[profile])
+    space = load_space("method", profile, base=BASES[profile])
     seen = set()
     for params, train in sample(space, 120):
         recipe = params["recipe"]
@@ -143,8 +140,7 @@ def test_method_space_runs_every_recipe_with_a_teacher_only_for_distillation(pro
 
 
 def test_method_space_paper_profile_trains_the_published_schedules():
-    space = load_space("method", "paper")
-    space.validate(PAPER_BASE)
+    space = load_space("method", "paper", base=PAPER_BASE)
     got = {r: space.train_config({"recipe": r}) for r in RECIPES}
     assert {r: (c.epochs, c.milestone_epochs()) for r, c in got.items()} == {
         "natural": (100, [75, 90]), "sat": (100, [75, 90]), "trades": (100, [75, 90]),
@@ -155,8 +151,7 @@ def test_method_space_paper_profile_trains_the_published_schedules():
 
 
 def test_method_space_smoke_profile_scales_every_schedule_to_the_base():
-    space = load_space("method", "smoke")
-    space.validate(SMOKE_BASE)  # 6 base epochs
+    space = load_space("method", "smoke", base=SMOKE_BASE)  # 6 base epochs
     got = {r: space.train_config({"recipe": r}) for r in RECIPES}
     assert {r: c.epochs for r, c in got.items()} == {
         "natural": 2, "sat": 2, "trades": 2, "ard": 4, "iad": 4,
@@ -170,16 +165,15 @@ def test_a_space_that_contradicts_its_recipe_is_refused(tmp_path: Path):
           recipe: {type: choice, values: [sat, trades]}
           trades_beta: {type: uniform, low: 1.0, high: 10.0, when: {recipe: trades}}
         """)
-    space = load_space("bad", spaces_dir=tmp_path)
     with pytest.raises(SpaceError) as err:
-        space.validate(PAPER_BASE)
+        load_space("bad", spaces_dir=tmp_path, base=PAPER_BASE)
     assert "trades_beta=1.0 contradicts recipe='trades', which sets trades_beta=6.0" in str(err.value)
     write(tmp_path, "bad2", """
         params:
           recipe: {type: choice, values: [sat, sat_9000]}
         """)
     with pytest.raises(SpaceError, match=r"params.recipe.values\[1\]='sat_9000': recipe='sat_9000' is not registered"):
-        load_space("bad2", spaces_dir=tmp_path).validate(PAPER_BASE)
+        load_space("bad2", spaces_dir=tmp_path, base=PAPER_BASE)
 
 
 def test_a_fixed_recipe_expands_and_feeds_when_conditions(tmp_path: Path):
@@ -188,21 +182,19 @@ def test_a_fixed_recipe_expands_and_feeds_when_conditions(tmp_path: Path):
           teacher: {type: choice, values: [wrn34_10_trades, resnet18_trades], when: {method: ard}}
         fixed: {recipe: ard}
         """)
-    space = load_space("fixedrecipe", spaces_dir=tmp_path)
-    space.validate(PAPER_BASE)
+    space = load_space("fixedrecipe", spaces_dir=tmp_path, base=PAPER_BASE)
     cfg = space.train_config({"teacher": "resnet18_trades"})
     assert (cfg.recipe, cfg.method, cfg.epochs, cfg.teacher) == ("ard", "ard", 200, "resnet18_trades")
 
 
 def test_epochs_space_says_asha_is_fair_across_schedules():
-    space = load_space("epochs")
+    space = load_space("epochs", base=PAPER_BASE)
     assert "schedule_pct" in space.description
     assert {unprefix(t)["epochs"] for _, t in sample(space, 30)} == {100, 200, 300}
 
 
 def test_define_by_run_pickles():
-    space = load_space("method", "smoke")
-    space.validate(SMOKE_BASE)
+    space = load_space("method", "smoke", base=SMOKE_BASE)
     fn = pickle.loads(pickle.dumps(space.define_by_run))
     restored = pickle.loads(pickle.dumps(space))
     assert restored.base == SMOKE_BASE
@@ -218,14 +210,13 @@ def test_when_on_a_field_reads_fixed_then_base(tmp_path: Path):
           trades_beta: {type: uniform, low: 1.0, high: 10.0, when: {method: trades}}
           epochs: {type: int, low: 2, high: 8, step: 2}
     """))
-    space = load_space("cond", spaces_dir=tmp_path)
-    space.validate({"method": "trades"})
+    space = load_space("cond", spaces_dir=tmp_path, base={"method": "trades"})
     assert "train/trades_beta" in space.define_by_run(optuna.create_study().ask())
     # With the default method (rslad) trades_beta would never be suggested: a dead param is an error.
     with pytest.raises(SpaceError, match=r"cond\.yaml: params\.trades_beta\.when=.* can never hold"):
-        space.validate({})
-    space.fixed = {"method": "trades"}  # fixed beats base
-    space.validate({"method": "sat"})
+        load_space("cond", spaces_dir=tmp_path, base={})
+    (tmp_path / "cond.yaml").write_text((tmp_path / "cond.yaml").read_text() + "fixed: {method: trades}\n")
+    space = load_space("cond", spaces_dir=tmp_path, base={"method": "sat"})  # fixed beats base
     assert space.define_by_run(optuna.create_study().ask())["train/method"] == "trades"
 
 
@@ -289,7 +280,7 @@ fixed: {method: rslad}
 def test_structure_errors_name_file_and_key(tmp_path: Path, text: str, message: str):
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(SpaceError) as err:
-        load_space("bad", spaces_dir=tmp_path)
+        load_space("bad", spaces_dir=tmp_path, base=PAPER_BASE)
     text = str(err.value)
     assert text.startswith(str(tmp_path / "bad.yaml") + ": "), text
     assert message in text, text
@@ -316,9 +307,8 @@ def test_structure_errors_name_file_and_key(tmp_path: Path, text: str, message: 
 ])
 def test_validate_errors_name_file_and_key(tmp_path: Path, text: str, message: str):
     (tmp_path / "bad.yaml").write_text(text)
-    space = load_space("bad", spaces_dir=tmp_path)
     with pytest.raises(SpaceError) as err:
-        space.validate(PAPER_BASE)
+        load_space("bad", spaces_dir=tmp_path, base=PAPER_BASE)
     assert str(err.value).startswith(f"{tmp_path / 'bad.yaml'}: "), str(err.value)
     assert message in str(err.value), str(err.value)
 
@@ -333,32 +323,28 @@ def test_smoke_profile_catches_a_cifar_teacher_left_in_warm_starts(tmp_path: Pat
             params: {teacher: {values: [digits_cnn_small_trades]}}
     """))
     with pytest.raises(SpaceError, match=r"t\.yaml \(profile smoke\): points_to_evaluate\[0\]\.teacher='wrn34_10_trades'"):
-        load_space("t", "smoke", spaces_dir=tmp_path)
+        load_space("t", "smoke", spaces_dir=tmp_path, base=SMOKE_BASE)
     with pytest.raises(SpaceError, match=r"profile='nightly' not defined; available: paper, smoke"):
-        load_space("t", "nightly", spaces_dir=tmp_path)
+        load_space("t", "nightly", spaces_dir=tmp_path, base=SMOKE_BASE)
 
 
 def test_shipped_file_is_named_relative_to_the_repo():
-    space = load_space("alpha")
-    space.fixed = {"method": "rslad", "kl_scale": -1.0}
     with pytest.raises(SpaceError, match=r"^spaces/alpha\.yaml: fixed: kl_scale=-1\.0 out of range"):
-        space.validate(PAPER_BASE)
+        load_space("alpha", base={**PAPER_BASE, "kl_scale": -1.0})
 
 
 def test_unknown_space_lists_the_available_ones():
     with pytest.raises(SpaceError) as err:
-        load_space("alpah")
+        load_space("alpah", base=PAPER_BASE)
     assert str(err.value).startswith("space='alpah' not found; available: alpha, epochs, joint, method")
     assert isinstance(err.value, ValueError)
 
 
 def test_field_values_include_what_recipes_set():
-    space = load_space("method", "paper")
-    space.validate(PAPER_BASE)
+    space = load_space("method", "paper", base=PAPER_BASE)
     assert space.field_values("method") == {"natural", "sat", "trades", "ard", "iad", "rslad"}
     assert space.field_values("epochs") == {100, 200, 300}
     assert space.field_values("teacher") == {"wrn34_10_trades"}
     assert space.field_values("dataset") == {"cifar10"}
-    alpha = load_space("alpha", "smoke")
-    alpha.validate(SMOKE_BASE)
+    alpha = load_space("alpha", "smoke", base=SMOKE_BASE)
     assert alpha.field_values("method") == {"rslad"} and alpha.field_values("epochs") == {6}

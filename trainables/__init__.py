@@ -4,18 +4,7 @@ Imports no ray, mlflow or hydra; `from trainables import TrainConfig, fit` works
 The one Ray adapter lives in trainables.ray_adapter and is imported only by search/.
 """
 
-from typing import Any
-
 from trainables.config import ConfigError, TrainConfig
+from trainables.loop import Training, fit
 
 __all__ = ["ConfigError", "TrainConfig", "Training", "fit"]
-
-
-def __getattr__(name: str) -> Any:
-    # The loop pulls in torch and every registry; import it on first use so that reading a
-    # config (e.g. to print a CLI error) stays fast.
-    if name in ("Training", "fit"):
-        from trainables import loop
-
-        return getattr(loop, name)
-    raise AttributeError(f"module 'trainables' has no attribute {name!r}")

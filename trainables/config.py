@@ -8,15 +8,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-RSL_SOURCES = ("nat-nat-nat", "nat-adv-nat", "nat-adv-adv", "adv-adv-adv")
-DATASETS = ("cifar10", "cifar100", "digits")
-NO_TEACHER = "none"
-SAT_ATTACK_MODES = ("train", "eval")
-# "pgd" is the cheap validation PGD; the others are evaluation columns (trainables.evaluate.EVAL_ATTACKS).
-VAL_ATTACKS = ("pgd", "pgd_trades", "pgd_sat", "fgsm", "cw_inf")
+from trainables.errors import UserError
+from trainables.methods import METHODS
+from trainables.models import MODELS
+from trainables.recipes import RECIPES
+from trainables.schema import DATASETS, NO_TEACHER, RSL_SOURCES, SAT_ATTACK_MODES, VAL_ATTACKS
+from trainables.teachers import TEACHERS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value is missing, unknown or out of range; the message names the key."""
 
 
@@ -190,11 +190,6 @@ class TrainConfig:
             raise ConfigError(
                 f"attack_step_size={self.attack_step_size} is larger than eps={self.eps}; allowed: <= eps"
             )
-        # Registry names: imported here so that importing the config builds nothing.
-        from trainables.methods import METHODS
-        from trainables.models import MODELS
-        from trainables.teachers import TEACHERS
-
         _check_name("student", self.student, MODELS.names())
         _check_name("method", self.method, METHODS.names())
         if self.eps == 0 and METHODS.get(self.method).attacks:
@@ -212,16 +207,12 @@ class TrainConfig:
                 raise ConfigError(f"teacher={self.teacher!r} is a {spec.dataset} teacher but dataset={self.dataset!r}; "
                                   f"allowed: {', '.join(allowed)}")
         if self.recipe:
-            from trainables.recipes import RECIPES
-
             _check_name("recipe", self.recipe, RECIPES.names())
             _check_recipe(self, RECIPES.get(self.recipe).fields(self.recipe_scale))
 
     @property
     def uses_teacher(self) -> bool:
         """Whether the chosen method distils from a teacher."""
-        from trainables.methods import METHODS
-
         return METHODS.get(self.method).needs_teacher
 
     def milestone_epochs(self) -> list[int]:

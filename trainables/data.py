@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.config import TrainConfig
+from trainables.errors import UserError
 from trainables.runtime import file_identity, process_cached
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is not in data_dir and downloading was not asked for."""
 
 

@@ -17,6 +17,12 @@ import sys
 import tempfile
 from typing import Any, Mapping, Sequence
 
+from trainables.config import ConfigError, TrainConfig
+from trainables.data import IMAGE_SHAPES, NUM_CLASSES, ImageSplits
+from trainables.loop import Training
+from trainables.rsl_cache import CUDA_GROUP_IMAGES
+from trainables.runtime import clear_process_caches, resolve_device
+
 GIB = 2**30
 CUDA_CONTEXT_GIB = 1.0
 """Added to each trial's probed peak: the CUDA context and library kernels a process holds outside PyTorch's allocator
@@ -68,8 +74,6 @@ def packing_error(estimates_gib: Sequence[float], trial_gpus: float, gpu_total_g
 
 def memory_variants(base: Mapping[str, Any], searched: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """The distinct valid TrainConfig dicts over the searched values of MEMORY_KEYS (at most MAX_VARIANTS, largest batches first)."""
-    from trainables.config import ConfigError, TrainConfig
-
     keys = [k for k in MEMORY_KEYS if k in searched]
     seen, variants = set(), []
     for combo in itertools.product(*(list(searched[k]) for k in keys)):
@@ -94,12 +98,6 @@ def probe(train: Mapping[str, Any]) -> dict[str, Any] | None:
     reserved + CUDA_CONTEXT_GIB, the figure packing_error expects.
     """
     import torch
-
-    from trainables.config import TrainConfig
-    from trainables.data import IMAGE_SHAPES, NUM_CLASSES, ImageSplits
-    from trainables.loop import Training
-    from trainables.rsl_cache import CUDA_GROUP_IMAGES
-    from trainables.runtime import clear_process_caches, resolve_device
 
     cfg = TrainConfig.from_dict(dict(train))
     device = resolve_device(cfg.device)

@@ -15,16 +15,13 @@ from typing import Any
 from ray import tune
 
 from trainables import checkpoints
+from trainables.files import atomic_save
 from trainables.config import TrainConfig
 from trainables.loop import Training
+from trainables.schema import FAILED, RESTORE_WARNING
 
 log = logging.getLogger(__name__)
 
-# Keys of a reported result that the driver reads (search/tracking.py, search/console.py, search/run.py).
-FAILED = "failed_reason"
-"""Set in the last result of a trial that ended on an error a retry would repeat (a non-finite loss)."""
-RESTORE_WARNING = "restore_warning"
-"""Set in the first result after the newest checkpoint did not load and an older one (or none) was used."""
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
@@ -83,9 +80,9 @@ def _reason(err: BaseException) -> str:
 
 def save_checkpoint_folder(training: Training, folder: Path) -> None:
     """Write state (to resume), last and best model files (for the final evaluation) into `folder`."""
-    checkpoints.atomic_save(training.state_dict(), folder / checkpoints.STATE_FILE)
+    atomic_save(training.state_dict(), folder / checkpoints.STATE_FILE)
     for name, blob in training.model_files().items():
-        checkpoints.atomic_save(blob, folder / name)
+        atomic_save(blob, folder / name)
 
 
 def train_trial(config: dict[str, Any]) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from trainables.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised when a registry lookup names nothing registered; the message lists what is."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

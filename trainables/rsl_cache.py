@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from trainables.checkpoints import atomic_save, atomic_write
+from trainables.files import atomic_save, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +225,6 @@ class CachedTeacher(nn.Module):
         self._x: torch.Tensor | None = None
         self._version = -1
         self._logits: torch.Tensor | None = None
-        self.hits = 0
-        """Calls answered from the cache (for tests and logs)."""
 
     def serve(self, x: torch.Tensor, logits: torch.Tensor) -> "CachedTeacher":
         """Answer calls on `x` (this very tensor, unmodified) with `logits`; returns self for the method."""
@@ -242,7 +240,6 @@ class CachedTeacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Cached logits for the served batch (in the dtype the teacher would return), else the real teacher's."""
         if x is self._x and x._version == self._version and self._logits is not None:
-            self.hits += 1
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
             return self._logits.to(dtype, copy=True)

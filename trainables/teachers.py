@@ -27,8 +27,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from trainables.checkpoints import atomic_save
-from trainables.config import DATASETS
+from trainables.files import atomic_save
+from trainables.schema import DATASETS
+from trainables.errors import UserError
 from trainables.models import build_model
 from trainables.registry import Registry
 
@@ -39,7 +40,7 @@ _FILLABLE_BUFFERS = ("mean", "std")
 _SHOWN_KEYS = 5
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError, RuntimeError):
     """A teacher's weights are missing, unreadable, or do not fit its architecture; the message says which file."""
 
 
@@ -156,7 +157,8 @@ def default_checkpoint_path(name: str, teachers_dir: str | os.PathLike) -> Path:
     return (Path(teachers_dir).expanduser() / f"{name}.pt").resolve()
 
 
-def _how_to_provide(path: Path, spec: TeacherSpec | None) -> str:
+def how_to_provide(path: Path, spec: TeacherSpec | None) -> str:
+    """The ways to provide a teacher's weights, in one line (every message that reports a missing teacher says this)."""
     name = spec.name if spec is not None else "<name>"
     hints = [f"train it with `python -m search.teachers teachers.names=[{name}]`",
              "or pass train.teacher_checkpoint=/abs/path.pt"]
@@ -171,7 +173,7 @@ def _how_to_provide(path: Path, spec: TeacherSpec | None) -> str:
 
 def _missing(path: Path, spec: TeacherSpec | None) -> TeacherLoadError:
     who = f"teacher {spec.name!r} " if spec is not None else "teacher "
-    return TeacherLoadError(f"{who}weights not found at {path}: {_how_to_provide(path, spec)}")
+    return TeacherLoadError(f"{who}weights not found at {path}: {how_to_provide(path, spec)}")
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -111,7 +111,7 @@ def test_sigint_then_resume_from_a_torn_checkpoint_keeps_asha_and_every_epoch(tm
     # one Optuna trial per Ray trial across the interruption, ended as the runs say (ASHA's stops PRUNED)
     import optuna
 
-    from search.optuna_study import ORPHAN_REASON
+    from search.study import ORPHAN_REASON
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
     # suggested after the searcher state Tune saved last, never run by Ray: FAIL, not left RUNNING
@@ -187,9 +187,9 @@ def test_after_a_local_ray_starts_the_driver_still_owns_sigterm_and_ray_listens_
     """ray.init() installs SIGTERM handlers that exit (then abort) the driver: the search takes SIGTERM back."""
     import ray
 
-    from search import interrupt
-    from search.config import compose_config
-    from search.ray_runtime import start_ray
+    from search import driver
+    from search.config import load_config
+    from search.driver import start_ray
 
     import ray._private.ray_constants as ray_constants
 
@@ -199,15 +199,15 @@ def test_after_a_local_ray_starts_the_driver_still_owns_sigterm_and_ray_listens_
     monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "0")
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    interrupt.reset()
-    interrupt.install()
+    driver._received.clear()
+    driver.install()  # TUNE_DISABLE_SIGINT_HANDLER is the monkeypatched one: restored after the test
     try:
-        start_ray(compose_config(["profile=smoke", "ray.num_cpus=1"]))
-        assert signal.getsignal(signal.SIGTERM) is interrupt._handle
+        start_ray(load_config(["profile=smoke", "ray.num_cpus=1"]))
+        assert signal.getsignal(signal.SIGTERM) is driver._handle
         listening = listening_addresses(descendants(os.getpid()))
         assert listening and listening <= LOOPBACK, listening
     finally:
         ray.shutdown()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        interrupt.reset()
+        driver._received.clear()

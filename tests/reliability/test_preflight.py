@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from search import record
-from search.errors import run_cli
+from search.plan import new_record
+from search.storage import write_record
+from search.cli import run_cli
 from search.plan import plan_search
 from search.run import main
 
@@ -191,8 +192,8 @@ def fake_search(folder: Path, argv: list[str]) -> dict:
         os.chdir(cwd)
     Path(plan.experiment_path).mkdir(parents=True)
     (Path(plan.experiment_path) / "tuner.pkl").write_bytes(b"")
-    saved = record.new_record(plan)
-    record.write(plan.experiment_path, saved)
+    saved = new_record(plan)
+    write_record(plan.experiment_path, saved)
     return saved
 
 
@@ -275,10 +276,8 @@ def test_a_new_search_whose_optuna_study_name_exists_is_refused(folder, capsys):
     assert not (folder / "x.db").exists()
 
 
-def test_resume_of_a_search_started_with_an_in_memory_study_is_refused(folder, capsys):
-    saved = fake_search(folder, ["space=alpha", *TINY, "name=old"])
-    del saved[record.STUDY]  # what the previous version wrote (format 1)
-    record.write(str(folder / "ray_results" / "old"), {**saved, "format": 1})
+def test_resume_of_a_search_without_its_description_is_refused(folder, capsys):
+    fake_search(folder, ["space=alpha", *TINY, "name=old"])
+    (folder / "ray_results" / "old" / "rslad-search.json").unlink()
     line = refused(["space=alpha", *TINY, "name=old", "resume=true"], folder, capsys)
-    assert line.startswith(f"resume=true: search 'old' at {folder}/ray_results/old was started by an earlier "
-                           "version of rslad-search (Optuna study in memory) that this version cannot resume")
+    assert line.startswith(f"resume=true: search 'old' at {folder}/ray_results/old has no description")

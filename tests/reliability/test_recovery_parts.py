@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from trainables import checkpoints
+from trainables.files import atomic_save
 
 
 # --- checkpoints: a torn newest one falls back -----------------------------------------------------
@@ -19,7 +20,7 @@ def checkpoint_folders(trial: Path, epochs: list[int]) -> list[Path]:
     folders = []
     for i in epochs:
         folder = trial / f"checkpoint_{i:06d}"
-        checkpoints.atomic_save({"epoch": i + 1}, folder / checkpoints.STATE_FILE)
+        atomic_save({"epoch": i + 1}, folder / checkpoints.STATE_FILE)
         folders.append(folder)
     return folders
 
@@ -77,7 +78,7 @@ class FakeTrial:
 
 
 def asha():
-    from search.asha_state import ResumableASHA
+    from search.study import ResumableASHA
 
     return ResumableASHA(time_attr="schedule_pct", metric="val_pgd_acc", mode="max", max_t=100,
                          grace_period=25, reduction_factor=2)
@@ -88,7 +89,7 @@ def report(scheduler, trial, pct: float, acc: float) -> str:
 
 
 def test_rung_records_survive_a_resume_and_keep_judging_trials():
-    from search.asha_state import SchedulerState
+    from search.study import SchedulerState
 
     before = asha()
     trials = [FakeTrial(f"t{i}") for i in range(4)]
@@ -114,7 +115,7 @@ def test_rung_records_survive_a_resume_and_keep_judging_trials():
 def test_a_flagged_failure_reaches_optuna_as_fail_not_as_a_score():
     import optuna
 
-    from search.optuna_study import StudySearch
+    from search.study import StudySearch
     from trainables.ray_adapter import FAILED
 
     searcher = StudySearch(lambda trial: {"x": trial.suggest_float("x", 0, 1)}, "m", "max", study_name="s",
@@ -129,7 +130,8 @@ def test_a_flagged_failure_reaches_optuna_as_fail_not_as_a_score():
 
 def test_a_restored_tracker_writes_where_the_current_command_says(tmp_path, monkeypatch):
     from search import tracking
-    from search.tracking import STORAGE, MLflowTracker, artifact_location, use_current_command
+    from search.tracking import MLflowTracker, artifact_location, use_current_command
+    from trainables.schema import STORAGE
 
     monkeypatch.setattr(tracking, "_CURRENT", {})  # this test's command only, gone afterwards
 
@@ -165,7 +167,7 @@ def test_new_experiments_keep_artifacts_beside_the_database_not_in_the_cwd(tmp_p
 
 # --- storage is private, names are plain ---------------------------------------------------------
 def test_storage_folders_are_created_private_and_foreign_writable_ones_are_refused(tmp_path):
-    from search.errors import SearchInputError
+    from search.config import SearchInputError
     from search.storage import check_trusted, make_private
 
     exp = tmp_path / "runs" / "exp"
@@ -182,9 +184,9 @@ def test_storage_folders_are_created_private_and_foreign_writable_ones_are_refus
 
 
 def test_record_differences_name_each_key_with_both_values():
-    from search.record import differences
+    from search.storage import record_differences
 
-    assert differences({"space": "alpha", "train.lr": 0.05, "seed": 0},
+    assert record_differences({"space": "alpha", "train.lr": 0.05, "seed": 0},
                        {"space": "epochs", "train.lr": 0.1, "seed": 0}) == [
         "space (alpha -> epochs)", "train.lr (0.05 -> 0.1)"]
 
@@ -195,21 +197,26 @@ def signal_handlers():
     """Install the driver's handlers for one test and put the process's own back afterwards."""
     import signal
 
-    from search import interrupt
+    from search import driver
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    interrupt.reset()
-    interrupt.install()
-    yield interrupt
+    tune_switch = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    driver._received.clear()
+    driver.install()
+    yield driver
     for sig, handler in saved.items():
         signal.signal(sig, handler)
-    interrupt.reset()
+    driver._received.clear()
+    if tune_switch is None:  # install() switched Tune's handler off for this process: undo that
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    else:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_switch
 
 
 def test_sigterm_inside_tunes_loop_asks_tune_to_stop_and_exits_143(signal_handlers):
     import signal
 
-    from search.errors import run_cli
+    from search.cli import run_cli
 
     asked = []
     signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))  # what Tune installs in fit()
@@ -225,7 +232,7 @@ def test_sigterm_inside_tunes_loop_asks_tune_to_stop_and_exits_143(signal_handle
 def test_a_signal_before_tunes_loop_stops_at_once_with_one_line(signal_handlers, capsys):
     import signal
 
-    from search.errors import run_cli
+    from search.cli import run_cli
 
     def main(argv):
         os.kill(os.getpid(), signal.SIGINT)  # e.g. while Ray starts or teachers train
@@ -235,17 +242,6 @@ def test_a_signal_before_tunes_loop_stops_at_once_with_one_line(signal_handlers,
     assert capsys.readouterr().err.strip().splitlines() == [
         "stopped by SIGINT before the search could save its state; a search that had started continues from its "
         "last saved state with resume=true"]
-
-
-def test_a_field_added_to_trainconfig_after_the_search_started_does_not_block_its_resume():
-    from search.record import differences, with_new_fields
-    from trainables.config import TrainConfig
-
-    current = {f"train.{k}": v for k, v in TrainConfig().to_dict().items()}
-    current["train.lr_milestones"] = list(current["train.lr_milestones"])
-    older = {k: v for k, v in current.items() if k != "train.seed"}  # as if `seed` were new
-    assert differences(with_new_fields(older), current) == []
-    assert differences(with_new_fields(older), {**current, "train.seed": 3}) == ["train.seed (0 -> 3)"]
 
 
 def test_the_parent_run_follows_the_winner_of_a_resumed_search(tmp_path):

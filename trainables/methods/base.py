@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
 
 from trainables.attacks import Objective, pgd
 from trainables.attacks.pgd import Mode, Start
-from trainables.config import TrainConfig
+
+if TYPE_CHECKING:  # trainables.config imports the method registry to check names: the type only, not a circle
+    from trainables.config import TrainConfig
 
 
 class Method:

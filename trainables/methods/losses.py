@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.attacks.objectives import kl_div_per_sample
-from trainables.config import RSL_SOURCES
+from trainables.schema import RSL_SOURCES
 
 
 def parse_rsl_source(rsl_source: str) -> tuple[str, str, str]:

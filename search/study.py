@@ -1,63 +1,51 @@
-"""The search's Optuna study in a database (so optuna-dashboard can open it), with ASHA-stopped trials as PRUNED.
-
-Ray's OptunaSearch keeps the study in memory and tells Optuna that a trial the scheduler
-stopped is COMPLETE with its truncated score, which makes TPE favour fast starters. StudySearch
-keeps the study in an RDB next to the tracking store (study name = search name) and tells
-Optuna what happened: COMPLETE when the trial ran its whole schedule, PRUNED (with its
-per-epoch intermediate values) when the scheduler stopped it, FAIL when it failed.
-
-Resume: the study is not pickled with the searcher (Tune pickles searchers into tuner.pkl and
-searcher-state files); only the Ray trial id -> Optuna trial id map and the sampler are, and the
-study is reloaded from the database on first use. Warm-start points are enqueued only when the
-study is created, so a resumed search never duplicates them; Optuna trials that were suggested
-after the last saved searcher state (Ray does not know them) are marked FAIL, not left RUNNING.
-"""
+"""The searcher and the scheduler state that survive a resume: the Optuna study in a database, ASHA's rungs."""
 
 from __future__ import annotations
 
 import logging
 import math
 import pickle
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from ray import tune
+from ray.air.constants import TRAINING_ITERATION
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import validate_warmstart
 
-from search.errors import SearchInputError
-from trainables.paths import SQLITE, is_uri, sqlite_file
+from search.config import SearchInputError
+from trainables.paths import sqlite_file
+
+# --- the Optuna study ---------------------------------------------------------------------------------------
+# The search's Optuna study in a database (so optuna-dashboard can open it), with ASHA-stopped trials as PRUNED.
+#
+# Ray's OptunaSearch keeps the study in memory and tells Optuna that a trial the scheduler
+# stopped is COMPLETE with its truncated score, which makes TPE favour fast starters. StudySearch
+# keeps the study in an RDB next to the tracking store (study name = search name) and tells
+# Optuna what happened: COMPLETE when the trial ran its whole schedule, PRUNED (with its
+# per-epoch intermediate values) when the scheduler stopped it, FAIL when it failed.
+#
+# Resume: the study is not pickled with the searcher (Tune pickles searchers into tuner.pkl and
+# searcher-state files); only the Ray trial id -> Optuna trial id map and the sampler are, and the
+# study is reloaded from the database on first use. Warm-start points are enqueued only when the
+# study is created, so a resumed search never duplicates them; Optuna trials that were suggested
+# after the last saved searcher state (Ray does not know them) are marked FAIL, not left RUNNING.
 
 log = logging.getLogger(__name__)
 
-STUDY_DB = "optuna.db"
 RAY_TRIAL_ATTR = "ray_trial_id"
 ORPHAN_REASON = "suggested after the searcher state Ray saved last; Ray never ran it (search interrupted)"
-RDB_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")
-
-
-def study_storage_url(tracking_uri: str | None, storage: str, explicit: str = "") -> str | None:
-    """Where a search's study lives: `explicit` (an RDB URL) if given; beside a sqlite tracking store
-    (sqlite:///dir/mlruns.db -> sqlite:///dir/optuna.db); else in a local storage folder
-    (<storage>/optuna.db); None (in memory) when neither is local (http tracking + s3:// storage).
-    """
-    if explicit:
-        if not explicit.startswith(RDB_SCHEMES):
-            raise SearchInputError(f"optuna.storage={explicit!r} is not a database URL; "
-                                   f"allowed: sqlite:///ABS/path.db, postgresql://..., mysql://...")
-        return explicit
-    tracking_db = sqlite_file(tracking_uri or "")
-    if tracking_db is not None:
-        return f"{SQLITE}{tracking_db.parent / STUDY_DB}"
-    if storage.startswith("file://"):
-        storage = storage[len("file://"):]
-    if not is_uri(storage):
-        return f"{SQLITE}{Path(storage) / STUDY_DB}"
-    return None
 
 
 def _rdb_storage(url: str):
     """An RDBStorage on `url`; a sqlite file gets its folder and waits for readers (optuna-dashboard) instead of failing."""
-    import optuna
+
 
     kwargs: dict[str, Any] = {}
     db = sqlite_file(url)
@@ -69,7 +57,7 @@ def _rdb_storage(url: str):
 
 def study_names(url: str) -> list[str]:
     """Study names in the database at `url` ([] when a sqlite file does not exist yet; nothing is created)."""
-    import optuna
+
 
     db = sqlite_file(url)
     if db is not None and not db.is_file():
@@ -126,9 +114,6 @@ class StudySearch(OptunaSearch):
     def _ensure_study(self):
         if self._ot_study is not None:
             return self._ot_study
-        import optuna
-        from ray.tune.utils.util import validate_warmstart
-
         storage = _rdb_storage(self._storage_url) if self._storage_url else None
         existed = storage is not None and self._study_name in optuna.study.get_all_study_names(storage=storage)
         sampler = self._saved_sampler or self._sampler or optuna.samplers.TPESampler(seed=self._seed)
@@ -155,8 +140,6 @@ class StudySearch(OptunaSearch):
 
     def _fail_orphans(self, study) -> None:
         """Mark FAIL the RUNNING Optuna trials Ray does not know (suggested after the last saved state)."""
-        from optuna.trial import TrialState
-
         known = set(self._ot_trial_ids.values())
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen._trial_id not in known:
@@ -178,9 +161,6 @@ class StudySearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Record the metric as an intermediate value at step = epoch (what optuna-dashboard plots)."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from ray.air.constants import TRAINING_ITERATION
-
         self._ensure_study()
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or self.metric not in result:
@@ -198,8 +178,6 @@ class StudySearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """COMPLETE when the trial ran its whole schedule, PRUNED when the scheduler stopped it, FAIL on error."""
-        from optuna.trial import TrialState
-
         study = self._ensure_study()
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
@@ -220,8 +198,6 @@ class StudySearch(OptunaSearch):
 
     def outcome(self, result: Mapping[str, Any] | None, error: bool) -> tuple[Any, float | None]:
         """(Optuna state, value) for a trial that ended with `result` (its last result) and `error`."""
-        from optuna.trial import TrialState
-
         if error:
             return TrialState.FAIL, None
         value = None if not result else result.get(self.metric)
@@ -263,3 +239,69 @@ class StudySearch(OptunaSearch):
         self.__setstate__(state)
         if self._storage_url is not None:
             self._ot_study = None
+
+
+# --- ASHA's rungs -------------------------------------------------------------------------------------------
+# ASHA's rung records across a resume.
+#
+# Tune saves the searcher and every callback's state with each experiment snapshot, but not the
+# scheduler: after `resume=true` ASHA would start with empty rungs and judge resumed and new trials
+# against nothing. `SchedulerState` is a callback that carries the scheduler's state (through ASHA's
+# own save/restore) in the same snapshot as the trials, so the two always agree; `ResumableASHA`
+# keeps each restored trial in the bracket it was in.
+
+log = logging.getLogger("search")
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rung records can be saved with Tune's snapshots and restored before resumed trials are added."""
+
+    _just_restored = False
+
+    def state_bytes(self) -> bytes:
+        """The whole scheduler state (rungs, trial -> bracket), through ASHA's own save()."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "scheduler.pkl"
+            self.save(str(path))
+            return path.read_bytes()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        """Put back what state_bytes() returned (ASHA's own restore())."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "scheduler.pkl"
+            path.write_bytes(blob)
+            self.restore(str(path))
+        self._just_restored = True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id in self._trial_info:
+            # Restored with its bracket, or re-added to retry it: ASHA would pick a bracket at random again.
+            # After a restore this is said once, from the object Tune really schedules with.
+            if self._just_restored:
+                self._just_restored = False
+                log.info("ASHA continues with its rung records from before the resume "
+                         "(milestone: trials recorded): %s", self.rung_counts())
+            return
+        super().on_trial_add(tune_controller, trial)
+
+    def rung_counts(self) -> dict[str, int]:
+        """Records per rung milestone, e.g. {'25': 4, '50': 2}."""
+        counts: dict[str, int] = {}
+        for bracket in self._brackets:
+            for milestone, recorded in bracket._rungs:
+                counts[f"{milestone:g}"] = counts.get(f"{milestone:g}", 0) + len(recorded)
+        return counts
+
+
+class SchedulerState(tune.Callback):
+    """Saves the scheduler's state with every experiment snapshot and puts it back on resume."""
+
+    def __init__(self, scheduler: ResumableASHA) -> None:
+        # Pickled in the same tuner.pkl as the TuneConfig's scheduler: after a restore both are one object.
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict | None:
+        return {"scheduler": self.scheduler.state_bytes()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.load_state_bytes(state["scheduler"])

@@ -1,29 +1,48 @@
-"""What `python -m search.run` says about itself: `--help`, `--cfg job`, and the one-line refusals of Hydra forms it does not use.
+"""The command line of every command: argv forms and refusals, --help, --cfg job, one-line errors, exit codes.
 
-The search reads plain `key=value` overrides (Hydra's override grammar for values). Tune owns
-scheduling and restore, so Hydra's multirun, sweeps, its own `hydra.*` config and keys added
-with `+` would have no effect: they are refused with one line instead of silently running a
-full search. `--help` renders every key from the same table the driver validates against
-(search/keys.py) and TrainConfig's field docstrings, with the defaults Hydra composes for the
-given overrides (so `profile=smoke --help` shows the smoke profile's defaults).
+`search.run` and `search.teachers` read Hydra-style `key=value` overrides (Hydra's override grammar for
+values; composed by search.config). Tune owns scheduling and restore, so Hydra's multirun, sweeps, its
+own `hydra.*` config and keys added with `+` would have no effect: they are refused with one line
+instead of silently running a full search. `analysis.finalize` and `analysis.report` take plain
+`key=value` options from a table of `Option`s. Every command prints its `--help` from its schema (the
+SearchConfig and TrainConfig field docstrings, or its options), and `run_cli` turns a UserError into
+`error: <one line>` and exit code 2, a stop signal into 130/143.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import logging
 import re
+import sys
 import textwrap
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from search.errors import SearchInputError
-from search.keys import KEYS, value_at
+from search import driver
+from search.config import (
+    SearchConfig,
+    SearchConfigError,
+    SearchInputError,
+    compose_config,
+    field_docs,
+    load_config,
+    profiles,
+    search_key_docs,
+    search_keys,
+)
+from spaces import list_spaces
+from trainables.config import DATASETS, TrainConfig
+from trainables.errors import UserError
+from trainables.methods import METHODS
+from trainables.models import MODELS
+from trainables.teachers import TEACHERS
 
+log = logging.getLogger("search")
+
+EXIT_BAD_INPUT = 2
 WIDTH = 100
 USAGE = "usage: python -m {command} [key=value ...] [--help | -h | --cfg job]"
 INTROS = {
@@ -42,7 +61,24 @@ HYDRA_OPTIONS = ("--hydra-help", "--version", "--info", "-i", "--resolve", "--pa
                  "--experimental-rerun")
 SWEEP_FUNCTIONS = re.compile(r"^(range|choice|interval|glob|sort|shuffle|tag)\(")
 
+def run_cli(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `main(argv)` with logging set up; a UserError becomes 'error: <one line>' on stderr and exit code 2, a
+    stop signal before the search could save its state exit 130/143."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return int(main(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        # Before Tune's loop (Ray starting, teachers training) or a second signal inside it: stop at once.
+        print(f"stopped by {driver.received() or 'SIGINT'} before the search could save its state; "
+              "a search that had started continues from its last saved state with resume=true", file=sys.stderr)
+        return driver.exit_code()
 
+
+# --- the search commands: Hydra-style overrides -------------------------------------------------------------
 @dataclass(frozen=True)
 class CommandLine:
     """What the person asked for: mode help, cfg (print the resolved config) or run, and the key=value overrides."""
@@ -80,6 +116,15 @@ def read_command_line(argv: Sequence[str]) -> CommandLine:
     return CommandLine(mode, overrides)
 
 
+
+def answer_help_or_cfg(line: CommandLine, command: str) -> bool:
+    """Print `--help` or `--cfg job` for `line` when it asks for one (True: answered, the command exits 0)."""
+    if line.mode == "help":
+        print(render_help(compose_config(line.overrides), command=command), end="")
+    elif line.mode == "cfg":
+        print(render_cfg_job(load_config(line.overrides)), end="")
+    return line.mode in ("help", "cfg")
+
 def _check_override(word: str) -> str:
     """A plain `key=value`; refuse additions, deletions, hydra.* and sweeps (several values)."""
     key, sep, value = word.partition("=")
@@ -116,26 +161,9 @@ def _is_sweep(value: str) -> bool:
     return False
 
 
-# --- TrainConfig's own documentation ----------------------------------------------------------------
-@lru_cache(maxsize=1)
-def train_field_docs() -> dict[str, str]:
-    """TrainConfig field -> its docstring (the string right after the field in trainables/config.py)."""
-    import trainables.config as module
-
-    tree = ast.parse(Path(module.__file__).read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrainConfig")
-    docs = {}
-    for stmt, nxt in zip(cls.body, cls.body[1:]):
-        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
-            docs[stmt.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
 
 def train_field_allowed(name: str) -> str:
     """Allowed values of a TrainConfig field from its metadata and the registries ('' when any value of its type)."""
-    from trainables.config import DATASETS, TrainConfig
-
     fld = {f.name: f for f in dataclasses.fields(TrainConfig)}[name]
     if "choices" in fld.metadata:
         return ", ".join(fld.metadata["choices"])
@@ -144,20 +172,12 @@ def train_field_allowed(name: str) -> str:
         parts = ([f"{'>' if lo_open else '>='}{lo:g}"] if lo is not None else []) + (
             [f"<={hi:g}"] if hi is not None else [])
         return " and ".join(parts)
-    if name == "dataset":
-        return ", ".join(DATASETS)
-    registries = {"student": "trainables.models:MODELS", "method": "trainables.methods:METHODS",
-                  "teacher": "trainables.teachers:TEACHERS"}
-    if name in registries:
-        import importlib
-
-        module, attr = registries[name].split(":")
-        names = getattr(importlib.import_module(module), attr).names()
-        return ", ".join(names + (["none"] if name == "teacher" else []))
-    return ""
+    registries = {"dataset": list(DATASETS), "student": MODELS.names(), "method": METHODS.names(),
+                  "teacher": TEACHERS.names() + ["none"]}
+    return ", ".join(registries.get(name, []))
 
 
-# --- rendering ----------------------------------------------------------------------------------------
+# --- rendering ----------------------------------------------------------------------------------------------
 def show(value: Any) -> str:
     """A value as it would be typed on the command line."""
     if value is None:
@@ -192,24 +212,20 @@ def _rows(rows: Sequence[tuple[str, str, str]], width: int, key_w: int = 24) -> 
             lines.extend(body)
     return [line.rstrip() for line in lines]
 
-
 def render_help(cfg: Mapping[str, Any], width: int = WIDTH, command: str = "search.run") -> str:
     """`--help` of `python -m <command>`: usage, the flags, every top-level key and every train.<field> with its
     default (from the composed `cfg`) and meaning."""
-    from spaces import list_spaces
-    from trainables.config import TrainConfig
-
-    profiles = sorted(p.stem for p in (Path(__file__).parent / "conf" / "profile").glob("*.yaml"))
-    allowed = {"space": list_spaces(), "profile": profiles}
+    allowed = {"space": list_spaces(), "profile": profiles()}
     profile = cfg.get("profile_name", "paper")
+    meanings = search_key_docs()
     top = []
-    for key in KEYS:
-        default = show(profile if key.name == "profile" else value_at(cfg, key.name))
-        meaning = key.meaning
-        if key.name in allowed:
-            meaning += f"; allowed: {', '.join(allowed[key.name])}"
-        top.append((key.name, default, meaning))
-    docs = train_field_docs()
+    for key, _ in search_keys():
+        default = show(profile if key == "profile" else _value_at(cfg, key))
+        meaning = meanings[key]
+        if key in allowed:
+            meaning += f"; allowed: {', '.join(allowed[key])}"
+        top.append((key, default, meaning))
+    docs = field_docs(TrainConfig)
     train = []
     for f in dataclasses.fields(TrainConfig):
         meaning = docs.get(f.name, "")
@@ -228,6 +244,61 @@ def render_help(cfg: Mapping[str, Any], width: int = WIDTH, command: str = "sear
     return "\n".join(out) + "\n"
 
 
-def render_cfg_job(cfg: Mapping[str, Any]) -> str:
+def render_cfg_job(cfg: SearchConfig) -> str:
     """`--cfg job`: the resolved config as YAML (paths absolute, as Ray and the trials see them)."""
-    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=False, width=WIDTH)
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=False, width=WIDTH)
+
+
+def _value_at(cfg: Mapping[str, Any], dotted: str) -> Any:
+    """cfg["a"]["b"] for "a.b"."""
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+# --- plain key=value commands (analysis.*) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """One key=value option: how its text is parsed, its default, what it means, and the default as --help shows it."""
+
+    parse: Callable[[str], Any]
+    default: Any
+    meaning: str
+    shown: str = ""
+
+
+def parse_options(argv: Sequence[str], options: Mapping[str, Option], required: Sequence[str] = ("name",)) -> dict[str, Any]:
+    """Parse `key=value` words into a dict of every option (defaults filled in); raises SearchConfigError."""
+    allowed = ", ".join(options)
+    values: dict[str, Any] = {key: option.default for key, option in options.items()}
+    for word in argv:
+        key, sep, text = word.partition("=")
+        if not sep:
+            raise SearchConfigError(f"argument {word!r} is not key=value; allowed keys: {allowed}")
+        if key not in options:
+            raise SearchConfigError(f"unknown key {key!r}; allowed keys: {allowed}")
+        values[key] = options[key].parse(text)
+    missing = [key for key in required if values.get(key) is None]
+    if missing:
+        raise SearchConfigError(f"missing {missing[0]}=; allowed keys: {allowed}")
+    return values
+
+
+def render_options_help(command: str, summary: str, options: Mapping[str, Option], width: int = WIDTH) -> str:
+    """--help of a key=value command: usage, what it does, and each key with its default and meaning."""
+    rows = [(key, option.shown or str(option.default), option.meaning) for key, option in options.items()]
+    lines = [f"usage: python -m {command} key=value ...  (--help, -h: this text)", "",
+             textwrap.fill(" ".join(summary.split()), width), "", "keys (key, default, meaning):",
+             *_rows(rows, width, key_w=max(len(k) for k in options))]
+    return "\n".join(lines) + "\n"
+
+
+def run_options_command(main: Callable[[dict[str, Any]], int | None], argv: Sequence[str] | None,
+                        options: Mapping[str, Option], summary: str, command: str) -> int:
+    """--help (exit 0), else parse the options and call main(values) under run_cli (one-line errors, exit 2)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(word in HELP_FLAGS for word in argv):
+        print(render_options_help(command, summary, options), end="")
+        return 0
+    return run_cli(lambda words: main(parse_options(words, options)), argv)
