@@ -18,13 +18,16 @@ AWP starts at epoch `awp_warmup` (0-based; the reference tests `epoch >= awp_war
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
 
 from trainables.methods.registry import register_method
 from trainables.methods.standard import SAT, TRADES, AdversarialTraining
+
+if TYPE_CHECKING:  # the config checks method names against this registry: the type only, not an import cycle
+    from trainables.config import TrainConfig
 
 EPS = 1e-20
 """The reference's guard against a zero change in diff_in_weights."""
@@ -60,8 +63,8 @@ class AdversarialWeightPerturbation(AdversarialTraining):
     proxy_lr: ClassVar[float | None] = None
     """Learning rate of the proxy's SGD step; None: the run's lr. It cancels in the rescaling except for rounding."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: TrainConfig, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__(cfg, autocast_dtype)
         self._proxy: nn.Module | None = None
         self._proxy_of: nn.Module | None = None
         self._proxy_optim: torch.optim.Optimizer | None = None
