@@ -13,10 +13,14 @@ import contextlib
 import logging
 import os
 import signal
+import uuid
 import warnings
+from pathlib import Path
 from typing import Any, Iterator
 
 from search.config import SearchConfig, SearchInputError
+from search.storage import make_private
+from trainables.paths import is_uri
 
 log = logging.getLogger("search")
 
@@ -26,6 +30,7 @@ log = logging.getLogger("search")
 
 # --- Ray: start-up and one trial's resources ----------------------------------------------------------------
 LOOPBACK = "127.0.0.1"
+NODE_CHECK_TIMEOUT_S = 120
 # Ray reads this at import time; false makes its "this node's IP" the loopback address, so a local
 # Ray's gRPC servers, agents and dashboard bind 127.0.0.1 instead of every interface.
 _CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -109,8 +114,9 @@ def check_cluster_resources(cfg: SearchConfig) -> None:
         f"at ray.address={cfg.ray.address}; lower one of them")
 
 
-def start_ray(cfg: SearchConfig) -> None:
-    """Join the cluster (ray.address=auto or an address; its resources checked) or start a local Ray on 127.0.0.1."""
+def start_ray(cfg: SearchConfig, shared: dict[str, str] | None = None) -> None:
+    """Join the cluster (ray.address=auto or an address; its resources checked, and every node that may run a trial
+    checked to see the local folders in `shared`, key -> path) or start a local Ray on 127.0.0.1."""
     # Sub-second epochs trigger Tune's "snapshotting too often" warning on every result.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     address = cfg.ray.address or None
@@ -129,6 +135,55 @@ def start_ray(cfg: SearchConfig) -> None:
     after_ray_start()
     if address is not None:
         check_cluster_resources(cfg)
+        check_nodes(cfg, {key: path for key, path in (shared or {}).items() if path and not is_uri(path)})
+
+
+NODE_MARKER = ".rslad-node-check-"
+
+
+def check_nodes(cfg: SearchConfig, folders: dict[str, str]) -> None:
+    """Before any trial: every alive node that can hold a trial imports the project's code and sees each folder in
+    `folders` (key -> a local path of this machine, created here; the key names it in the error). A marker file
+    written here must be visible there, as Ray's own storage check does, but for every node at once and with one
+    line that names the node and the folder."""
+    import ray  # heavy: only on a cluster
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    markers = {}
+    for key, folder in folders.items():
+        make_private(folder)
+        marker = Path(folder) / f"{NODE_MARKER}{uuid.uuid4().hex}"
+        marker.touch()
+        markers[key] = str(marker)
+    need = trial_resources(cfg)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= need["cpu"]
+             and n["Resources"].get("GPU", 0) >= need["gpu"]]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_missing_here)
+    try:
+        pending = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                   .remote(markers): n for n in nodes}
+        for ref, node in pending.items():
+            where = f"node {node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+            try:
+                missing = ray.get(ref, timeout=NODE_CHECK_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001  (an import error of the code, a node that died: each means "cannot run trials")
+                first = " ".join(str(err).split())[-300:]
+                raise SearchInputError(f"{where} cannot run the search's code ({type(err).__name__}: {first}); "
+                                       "submit with `ray job submit --working-dir .` or install the project on every "
+                                       "node") from None
+            if missing:
+                key = missing[0]
+                raise SearchInputError(
+                    f"{where} cannot see {key}={folders[key]}, a folder of this machine; use {key}=s3://bucket/prefix "
+                    f"(object storage) or a folder every node mounts")
+    finally:
+        for marker in markers.values():
+            Path(marker).unlink(missing_ok=True)
+
+
+def _missing_here(markers: dict[str, str]) -> list[str]:
+    """On a node: the keys whose marker file this node cannot see."""
+    return [key for key, marker in markers.items() if not os.path.exists(marker)]
 
 
 def _bind_loopback() -> None:
@@ -228,6 +283,9 @@ ENVIRONMENT = {
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     # A tqdm bar per artifact transfer (a search uploads configs and teacher weights).
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # With an http(s) tracking URI, "🏃 View run ... at: http://..." and "🧪 View experiment at: ..." on stdout each
+    # time a run ends (MlflowClient.set_terminated -> TrackingServiceClient._log_url in MLflow 3.x).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 # Levels on child loggers: ray.init() resets the "ray" logger's own level, not these.
 LOGGER_LEVELS = {
@@ -237,6 +295,9 @@ LOGGER_LEVELS = {
     "ray.air": logging.WARNING,
     "mlflow.store.db.utils": logging.WARNING,
     "alembic": logging.WARNING,
+    # "Retrying (Retry(total=...)) after connection broken by ..." per retry while a tracking server does not answer
+    # (the tracker's queue says it once: search/tracking_queue.py).
+    "urllib3.connectionpool": logging.ERROR,
 }
 
 

@@ -19,6 +19,7 @@ from search.plan import SearchPlan, settings
 from search.storage import (
     STUDY,
     check_creatable,
+    check_object_storage,
     check_trusted,
     check_writable_file,
     record_differences,
@@ -26,7 +27,6 @@ from search.storage import (
 )
 from search.study import check_new_study
 from search.teacher_weights import (
-    checkpoint_for,
     load_teacher,
     missing_message,
     source_of,
@@ -34,6 +34,7 @@ from search.teacher_weights import (
 from search.tracking import check_tracking_name, check_tracking_store
 from trainables.data import check_cifar_files
 from trainables.paths import is_uri, sqlite_file
+from trainables.teachers import checkpoint_path
 
 
 def preflight(plan: SearchPlan) -> dict[str, str]:
@@ -54,9 +55,12 @@ def preflight(plan: SearchPlan) -> dict[str, str]:
 
 # --- where things are written -------------------------------------------------------------------------------
 def check_paths(plan: SearchPlan) -> None:
-    """storage and the MLflow store can be written (probed; os.access says yes to root)."""
+    """storage (a folder, or object storage written and read back) and the MLflow store can be written (probed;
+    os.access says yes to root)."""
     cfg = plan.cfg
-    if not is_uri(plan.experiment_path):
+    if is_uri(plan.experiment_path):
+        check_object_storage(plan.experiment_path, f"storage={cfg.storage}")
+    else:
         check_creatable(Path(plan.experiment_path), f"storage={cfg.storage}")
     check_tracking_store(cfg)
 
@@ -134,7 +138,7 @@ def check_teachers(plan: SearchPlan) -> dict[str, str]:
     """
     sources = {}
     for name in plan.teachers:
-        path = checkpoint_for(name, plan.base_train)
+        path = checkpoint_path(name, plan.base_train)
         source = source_of(name, path, plan.cfg)
         if source is None:
             raise SearchInputError(missing_message(name, path))

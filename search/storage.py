@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,27 @@ def check_creatable(path: Path, key: str) -> None:
         os.utime(base, ns=(before.st_atime_ns, before.st_mtime_ns))  # not even the folder's time changes
     except OSError as err:
         raise SearchInputError(f"{key}: cannot write in {base}: {err.strerror or err}") from None
+
+
+def check_object_storage(uri: str, key: str) -> None:
+    """`uri` (s3://, gs://, any pyarrow filesystem URI) can be written and read back: a probe object is written, read
+    and removed. S3-compatible servers: set AWS_ENDPOINT_URL (pyarrow reads it for s3:// URIs), on every node too."""
+    import pyarrow.fs as pafs  # only for object storage
+
+    probe = f".rslad-probe-{uuid.uuid4().hex}"
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        path = f"{root.rstrip('/')}/{probe}"
+        with fs.open_output_stream(path) as out:
+            out.write(probe.encode())
+        with fs.open_input_stream(path) as back:
+            ok = back.read() == probe.encode()
+        fs.delete_file(path)
+    except (OSError, ValueError) as err:  # pyarrow: ArrowInvalid (a ValueError), OSError for access and network
+        first = " ".join(str(err).split())[:300]
+        raise SearchInputError(f"{key}: cannot write and read back {uri} ({type(err).__name__}: {first})") from None
+    if not ok:
+        raise SearchInputError(f"{key}: {uri} gave back other bytes than were written")
 
 
 def check_writable_file(path: Path, key: str) -> None:

@@ -27,25 +27,20 @@ from trainables.checkpoints import BEST_MODEL_FILE, load_model
 from trainables.config import NO_TEACHER, TrainConfig
 from trainables.data import IMAGE_SHAPES, NUM_CLASSES
 from trainables.ray_adapter import train_trial
+from trainables.shipping import ShippedFiles, collect
 from trainables.teachers import (
     build_teacher,
+    checkpoint_path,
     default_checkpoint_path,
     get_teacher,
     how_to_provide,
     save_teacher_checkpoint,
 )
 
-log = logging.getLogger("search.teachers")
+log = logging.getLogger("search")
 
 SOURCES = ("file", "registry", "robustbench", "train")
 """Where weights come from, in the order the driver tries them."""
-
-
-def checkpoint_for(name: str, train: dict[str, Any]) -> Path:
-    """Where the trial will load teacher `name` from (train.teacher_checkpoint if it names this teacher)."""
-    if train.get("teacher_checkpoint") and train.get("teacher") == name:
-        return Path(train["teacher_checkpoint"])
-    return default_checkpoint_path(name, train["teachers_dir"])
 
 
 def missing_message(name: str, path: Path) -> str:
@@ -84,7 +79,7 @@ def provide(names: list[str], train: dict[str, Any], cfg: SearchConfig) -> None:
     }
     missing, provided = [], []
     for name in names:
-        path = checkpoint_for(name, train)
+        path = checkpoint_path(name, train)
         if path.exists():
             continue  # loaded by the preflight
         if any(fetchers[source](name, path) for source in SOURCES if source in fetchers):
@@ -92,12 +87,12 @@ def provide(names: list[str], train: dict[str, Any], cfg: SearchConfig) -> None:
         else:
             missing.append(name)
     if missing and not cfg.teachers.auto_train:
-        raise SearchInputError(missing_message(missing[0], checkpoint_for(missing[0], train)))
+        raise SearchInputError(missing_message(missing[0], checkpoint_path(missing[0], train)))
     if missing:
         log.info("training missing teacher(s) first: %s", ", ".join(missing))
         train_teachers(missing, cfg)
     for name in provided + missing:
-        load_teacher(name, checkpoint_for(name, train))
+        load_teacher(name, checkpoint_path(name, train))
 
 
 def fetch_robustbench(name: str, dest: Path) -> bool:
@@ -123,6 +118,21 @@ def fetch_robustbench(name: str, dest: Path) -> bool:
     return True
 
 
+def ship_with(trainable: Callable, cfg: SearchConfig, files: Callable[[], ShippedFiles]) -> Callable:
+    """On a cluster (ray.address set), `trainable` with the driver's files (`files()`, read only then) in Ray's object
+    store, put once and fetched once per node; on one machine the trials read the files where they are."""
+    if not cfg.ray.address:
+        return trainable
+    shipped = files()
+    if not shipped:
+        return trainable
+    from ray import tune  # heavy: only once trials start
+
+    log.info("shipping %d file(s), %.1f MB, of this machine to the cluster's nodes (teachers, dataset)", len(shipped),
+             shipped.size / 1e6)
+    return tune.with_parameters(trainable, shipped=shipped)
+
+
 # --- training teachers --------------------------------------------------------------------------------------
 def teacher_train_config(name: str, cfg: SearchConfig) -> dict[str, Any]:
     """The TrainConfig dict that trains teacher `name`: the profile's base with the entry's arch, method and eps."""
@@ -137,9 +147,9 @@ def teacher_train_config(name: str, cfg: SearchConfig) -> dict[str, Any]:
     return TrainConfig.from_dict(base).to_dict()
 
 
-def train_teacher_trial(config: dict[str, Any]) -> None:
+def train_teacher_trial(config: dict[str, Any], shipped: ShippedFiles | None = None) -> None:
     """Tune trainable for one teacher: the ordinary trial on the teacher's own train config."""
-    train_trial({"train": config["teacher"]["train"], "trial": config["trial"]})
+    train_trial({"train": config["teacher"]["train"], "trial": config["trial"]}, shipped)
 
 
 def train_teachers(names: list[str], cfg: SearchConfig) -> dict[str, Path]:
@@ -147,9 +157,10 @@ def train_teachers(names: list[str], cfg: SearchConfig) -> dict[str, Path]:
     from ray import tune  # heavy: only when teachers are trained
 
     jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]  # a mismatch is refused before Ray
-    driver.start_ray(cfg)
+    driver.start_ray(cfg, shared={"storage": cfg.storage})
     make_private(cfg.storage)
-    trainable = tune.with_resources(train_teacher_trial, driver.trial_resources(cfg))
+    trainable = tune.with_resources(ship_with(train_teacher_trial, cfg, lambda: collect(job["train"] for job in jobs)),
+                                    driver.trial_resources(cfg))
     tuner = tune.Tuner(
         trainable,
         param_space={"teacher": tune.grid_search(jobs), "trial": {"checkpoint_every": 1}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -29,3 +30,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> P
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save through atomic_write, so a crash never leaves a half-written file under `path`."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def local_file(location: str, cache: Path) -> Path:
+    """A local path for `location`: a local path as it is, a URI (s3://, gs://, ...) downloaded once into `cache`
+    (the returned path does not exist when the object does not)."""
+    if "://" not in location or location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    import pyarrow.fs as pafs  # only for object storage
+
+    path = cache / hashlib.sha256(location.encode()).hexdigest()[:24] / location.rstrip("/").rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    fs, remote = pafs.FileSystem.from_uri(location)
+    try:
+        with fs.open_input_stream(remote) as src:
+            data = src.read()
+    except FileNotFoundError:
+        return path
+    return atomic_write(path, lambda f: f.write(data))

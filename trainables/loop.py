@@ -19,9 +19,24 @@ from trainables.evaluate import accuracy_under, validation_attack
 from trainables.gpu_usage import UtilisationSampler
 from trainables.methods import METHODS
 from trainables.models import build_model
-from trainables.rsl_cache import CUDA_GROUP_IMAGES, CachedTeacher, SoftLabelCache, cache_key, teacher_logits
-from trainables.runtime import (autocast_dtype, file_identity, file_sha256, process_cached, rng_state,
-                                rng_untouched, set_rng_state, setup_runtime)
+from trainables.rsl_cache import (
+    CUDA_GROUP_IMAGES,
+    CachedTeacher,
+    SoftLabelCache,
+    cache_key,
+    teacher_logits,
+)
+from trainables.runtime import (
+    autocast_dtype,
+    file_identity,
+    file_sha256,
+    process_cached,
+    rng_state,
+    rng_untouched,
+    set_rng_state,
+    setup_runtime,
+)
+from trainables.teachers import build_teacher, default_checkpoint_path, get_teacher
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +64,7 @@ class Training:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestone_epochs(), cfg.lr_gamma)
         self.train_loader = DeviceLoader(s.train_x, s.train_y, batch_size=cfg.batch_size, device=self.device,
                                          shuffle=True, augment=cfg.augment, flip=cfg.dataset != "digits",
-                                         seed=cfg.data_seed, channels_last=self.channels_last)
+                                         seed=cfg.epoch_order_seed, channels_last=self.channels_last)
         self.val_loader = DeviceLoader(s.val_x, s.val_y, batch_size=cfg.val_batch_size, device=self.device,
                                        channels_last=self.channels_last)
         cached = self.teacher is not None and cfg.rsl_cache_dir and self.method.asks_teacher_on_clean()
@@ -68,15 +83,11 @@ class Training:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def _teacher_path(self) -> Path:
-        from trainables.teachers import default_checkpoint_path
-
         cfg = self.cfg
         return Path(cfg.teacher_checkpoint or default_checkpoint_path(cfg.teacher, Path(cfg.teachers_dir).expanduser().resolve()))
 
     def _load_teacher(self) -> nn.Module:
         """The frozen teacher, kept per process (a reused worker's next trial skips the load)."""
-        from trainables.teachers import build_teacher
-
         cfg, path = self.cfg, self._teacher_path()
         key = (cfg.teacher, file_identity(path), self.splits.num_classes, self.splits.in_channels, str(self.device),
                self.channels_last)
@@ -91,8 +102,6 @@ class Training:
 
     def _soft_label_cache(self) -> SoftLabelCache:
         """The search-wide cache of this run's teacher logits on clean batches (see trainables.rsl_cache)."""
-        from trainables.teachers import get_teacher
-
         cfg = self.cfg
         key = cache_key(cfg, teacher_arch=get_teacher(cfg.teacher).arch, teacher_sha256=file_sha256(self._teacher_path()),
                         train_fingerprint=self.splits.train_fingerprint, flip=self.train_loader.flip,

@@ -15,10 +15,11 @@ from typing import Any
 from ray import tune
 
 from trainables import checkpoints
-from trainables.files import atomic_save
 from trainables.config import TrainConfig
+from trainables.files import atomic_save
 from trainables.loop import Training
 from trainables.schema import FAILED, RESTORE_WARNING
+from trainables.shipping import ShippedFiles, localize
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,16 @@ def save_checkpoint_folder(training: Training, folder: Path) -> None:
         atomic_save(blob, folder / name)
 
 
-def train_trial(config: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], shipped: ShippedFiles | None = None) -> None:
     """Tune trainable: config["train"] is a full TrainConfig dict; reports metrics + a checkpoint each epoch.
 
-    A non-finite loss ends the trial with one last result flagged FAILED (and the search's metric as
-    NaN, which Tune requires in every result): the state it would be retried from gives the same loss.
+    `shipped` (given with tune.with_parameters on a cluster) holds the driver machine's teacher and dataset
+    files: a node that cannot see their paths reads node-local copies. A non-finite loss ends the trial with
+    one last result flagged FAILED (and the search's metric as NaN, which Tune requires in every result):
+    the state it would be retried from gives the same loss.
     """
     trial = config.get("trial", {})
-    cfg = TrainConfig.from_dict(config["train"])
+    cfg = TrainConfig.from_dict(localize(config["train"], shipped))
     every = int(trial.get("checkpoint_every", 1))
     state, warning = restore_state(tune.get_checkpoint())
     if warning:

@@ -1,6 +1,6 @@
 """Robust soft labels computed once per search: the teacher's logits on each epoch's clean batches, shared through a folder.
 
-Epoch e's order and augmentation depend only on (data_seed, e) and the batch size (see
+Epoch e's order and augmentation depend only on (epoch_order_seed, e) and the batch size (see
 DeviceLoader.epoch), so every trial that shares the teacher, the training images and those
 settings asks the teacher the same questions on clean inputs. The first trial that reaches an
 epoch computes that epoch's logits (inference only, under the run's autocast) and writes them
@@ -13,6 +13,11 @@ every bf16 logit of magnitude 6e-5..65504 exactly.
 
 Layout: <folder>/<key digest>/key.json (what the key holds, for people), epoch_00000.pt (written
 through a temporary file and os.replace), epoch_00000.lock (held while one trial computes).
+
+A folder given as a URI (the search's object storage, s3://...) is shared through a node-local folder
+filled from it: an epoch is read from the node's folder, else downloaded from the URI, else computed
+(one trial per node at a time) and uploaded (an object store's put is atomic). Trials on two nodes
+may compute the same epoch at once; both write the same numbers.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import torch
 import torch.nn as nn
 
 from trainables.files import atomic_save, atomic_write
+from trainables.paths import is_uri
+from trainables.shipping import node_cache
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,12 @@ class SoftLabelCache:
                  poll_s: float = 0.2) -> None:
         self.key = key
         self.digest = key_digest(key)
-        self.folder = Path(folder).expanduser().resolve() / self.digest
+        self.remote = f"{str(folder).rstrip('/')}/{self.digest}" if is_uri(str(folder)) else None
+        """Where the epochs are shared when the folder is a URI (the local folder is then this node's copy)."""
+        local = node_cache() / "rsl_cache" / hashlib.sha256(str(folder).encode()).hexdigest()[:16] if self.remote \
+            else Path(folder).expanduser().resolve()
+        self.folder = local / self.digest
+        self._shared: set[int] = set()  # epochs known to be at the remote URI
         self.rows, self.classes = rows, classes
         self.compute = compute
         self.stale_lock_s = stale_lock_s
@@ -76,9 +88,12 @@ class SoftLabelCache:
 
     # --- reading and writing ----------------------------------------------------------------
     def read(self, epoch: int) -> torch.Tensor | None:
-        """The epoch's logits if a complete, matching file is there; None otherwise (missing, torn, or another key's)."""
+        """The epoch's logits if a complete, matching file is there (on this node, else at the remote URI, copied
+        here); None otherwise (missing, torn, or another key's)."""
         path = self.path(epoch)
-        if not path.is_file():
+        if path.is_file():
+            self._share(epoch)
+        elif not self._download(epoch):
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -99,13 +114,61 @@ class SoftLabelCache:
         logits = logits.detach().to("cpu", torch.float16).contiguous()
         if tuple(logits.shape) != (self.rows, self.classes):
             raise ValueError(f"soft labels of shape {tuple(logits.shape)}, expected {(self.rows, self.classes)}")
+        key_file = self._key_file()
+        # No fsync: a file torn by a power loss fails its checksum on read and is computed again.
+        atomic_save({"format": FORMAT, "key": self.digest, "epoch": epoch, "logits": logits,
+                     "checksum": _checksum(logits)}, self.path(epoch))
+        if self.remote:
+            self._upload(key_file, "key.json")
+            self._upload(self.path(epoch), self.path(epoch).name)
+            self._shared.add(epoch)
+
+    def _key_file(self) -> Path:
+        """key.json beside the epochs (what the key holds, for people), written once."""
         key_file = self.folder / "key.json"
         if not key_file.exists():
             text = json.dumps(self.key, sort_keys=True, indent=1).encode()
             atomic_write(key_file, lambda f: f.write(text))
-        # No fsync: a file torn by a power loss fails its checksum on read and is computed again.
-        atomic_save({"format": FORMAT, "key": self.digest, "epoch": epoch, "logits": logits,
-                     "checksum": _checksum(logits)}, self.path(epoch))
+        return key_file
+
+    def _remote_fs(self) -> tuple[Any, str]:
+        import pyarrow.fs as pafs  # only for a cache in object storage
+
+        return pafs.FileSystem.from_uri(self.remote)
+
+    def _download(self, epoch: int) -> bool:
+        """Copy epoch `epoch`'s file from the remote URI into this node's folder; False when there is none."""
+        if not self.remote:
+            return False
+        fs, root = self._remote_fs()
+        try:
+            with fs.open_input_stream(f"{root}/{self.path(epoch).name}") as src:
+                data = src.read()
+        except (FileNotFoundError, OSError):
+            return False
+        atomic_write(self.path(epoch), lambda f: f.write(data))
+        self._shared.add(epoch)
+        return True
+
+    def _share(self, epoch: int) -> None:
+        """Upload an epoch this node has (from an earlier search with the same key) when the remote URI lacks it."""
+        if not self.remote or epoch in self._shared:
+            return
+        import pyarrow.fs as pafs  # only for a cache in object storage
+
+        fs, root = self._remote_fs()
+        if fs.get_file_info(f"{root}/{self.path(epoch).name}").type == pafs.FileType.NotFound:
+            self._upload(self._key_file(), "key.json")
+            self._upload(self.path(epoch), self.path(epoch).name)
+        self._shared.add(epoch)
+
+    def _upload(self, path: Path, name: str) -> None:
+        fs, root = self._remote_fs()
+        if not self._shared:
+            fs.create_dir(root, recursive=True)  # a folder on a local or mounted filesystem URI; a marker on S3
+        data = path.read_bytes()
+        with fs.open_output_stream(f"{root}/{name}") as dst:
+            dst.write(data)
 
     # --- the lazy, locked computation -------------------------------------------------------
     def epoch_logits(self, epoch: int) -> torch.Tensor:
@@ -256,7 +319,8 @@ def cache_key(cfg: Any, *, teacher_arch: str, teacher_sha256: str, train_fingerp
         # the named settings are kept for people reading key.json.
         "dataset": cfg.dataset, "val_size": cfg.val_size, "train_subset": cfg.train_subset,
         "train_images_sha256": train_fingerprint,
-        "data_seed": cfg.data_seed, "augment": cfg.augment, "flip": flip, "batch_size": cfg.batch_size,
+        "data_seed": cfg.data_seed, "order_seed": cfg.epoch_order_seed,
+        "augment": cfg.augment, "flip": flip, "batch_size": cfg.batch_size,
         "device": device.type, "autocast": str(autocast_dtype), "channels_last": channels_last,
         "torch": torch.__version__,
     }

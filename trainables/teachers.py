@@ -157,6 +157,14 @@ def default_checkpoint_path(name: str, teachers_dir: str | os.PathLike) -> Path:
     return (Path(teachers_dir).expanduser() / f"{name}.pt").resolve()
 
 
+def checkpoint_path(name: str, train: Mapping[str, Any]) -> Path:
+    """Where a run of the train config dict `train` loads teacher `name` from: train.teacher_checkpoint when that run's
+    teacher is `name`, else <teachers_dir>/<name>.pt."""
+    if train.get("teacher_checkpoint") and train.get("teacher") == name:
+        return Path(train["teacher_checkpoint"]).expanduser().resolve()
+    return default_checkpoint_path(name, train["teachers_dir"])
+
+
 def how_to_provide(path: Path, spec: TeacherSpec | None) -> str:
     """The ways to provide a teacher's weights, in one line (every message that reports a missing teacher says this)."""
     name = spec.name if spec is not None else "<name>"
