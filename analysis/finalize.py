@@ -14,36 +14,48 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from analysis.options import run_command
 from analysis.runs import (
+    CI_HIGH,
+    CI_LOW,
+    PER_IMAGE,
     CHECKPOINTS,
     DEFAULT_SELECT,
     client_for,
     find_parent_run,
     load_runs,
     rank_trials,
+    replicate_configurations,
+    replicates_of,
     result_key,
     selection_mode,
+    test_images,
 )
+from analysis.uncertainty import REPLICATE_HEADERS, Configuration, accuracy_interval, replicate_rows, text_table
 from trainables.attacks.autoattack import (
     PYAUTOATTACK_LOGGER,
     STANDARD_ATTACKS,
     autoattack,
 )
+from trainables.files import local_file
+from trainables.shipping import node_cache
 from trainables.checkpoints import BEST_MODEL_FILE, LAST_MODEL_FILE, load, load_model
 from trainables.config import TrainConfig
 from trainables.data import load_splits, to_float
 from trainables.errors import UserError
-from trainables.evaluate import evaluate
+from trainables.evaluate import per_image_correct
 from trainables.runtime import resolve_device
 from trainables.schema import COLUMN_TITLES, EVAL_COLUMNS
 
@@ -70,6 +82,12 @@ class FinalizeResult:
     """Trials whose best and last model files are the same (evaluated once, logged under both)."""
     winner: str | None = None
     table: pd.DataFrame | None = None
+    replicates: list[str] = field(default_factory=list)
+    """The finalists' replicates (python -m search.replicate) evaluated with them, finalist by finalist."""
+    intervals: pd.DataFrame | None = None
+    """The 95 % Wilson interval of each cell of `table` (final_intervals)."""
+    configurations: list[Configuration] = field(default_factory=list)
+    """The replicated finalists, on the headline column's best checkpoint (HEADLINE)."""
 
 
 def aa_column(result: Any) -> str:
@@ -149,9 +167,11 @@ class _Run:
 
 
 def _model_path(checkpoint_dir: str | None, checkpoint: str) -> Path | None:
+    """The local model file of a checkpoint folder (a folder in object storage is downloaded from once)."""
     if not checkpoint_dir:
         return None
-    return Path(checkpoint_dir) / {"best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}[checkpoint]
+    name = {"best": BEST_MODEL_FILE, "last": LAST_MODEL_FILE}[checkpoint]
+    return local_file(f"{checkpoint_dir.rstrip('/')}/{name}", node_cache() / "downloads")
 
 
 def same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -186,10 +206,11 @@ class _Job:
     column: str
 
 
-def _plan_models(result: FinalizeResult, client: Any, top: pd.DataFrame, test_sets: _TestSets) -> list[_Model]:
-    """The model files of the top trials, in rank order; a best and last of the same epoch and weights count once."""
+def _plan_models(result: FinalizeResult, client: Any, rows: Sequence[tuple[int, pd.Series]],
+                 test_sets: _TestSets) -> list[_Model]:
+    """The model files of (rank, run row) pairs, in order; a best and last of the same epoch and weights count once."""
     models = []
-    for rank, (_, row) in enumerate(top.iterrows(), 1):
+    for rank, row in rows:
         trial, mrun = row["trial_id"], _Run(client, row["run_id"])
         blobs = {}
         for ckpt in CHECKPOINTS:
@@ -229,11 +250,15 @@ def _status(model: _Model, column: str, aa_n: int, aa_attacks: Sequence[str] | N
 def _copy_result(model: _Model, column: str, src: str, dst: list[str], aa_col: str) -> None:
     """Log a current result of one checkpoint under the others of the same model file (no evaluation)."""
     logged = aa_col if column == AA else column
-    value = model.run.metrics[result_key(logged, src)]
+    metrics = {}
+    for suffix in ("", CI_LOW, CI_HIGH):
+        value = model.run.metrics.get(result_key(logged, src) + suffix)
+        if value is not None:
+            metrics.update({result_key(logged, ck) + suffix: value for ck in dst})
     tags: dict[str, Any] = {f"test.{ck}.epoch": model.epoch for ck in dst}
     if column == AA:
         tags.update({f"test.{ck}.{aa_col}": model.run.tags[f"test.{src}.{aa_col}"] for ck in dst})
-    model.run.log({result_key(logged, ck): value for ck in dst}, model.epoch, tags)
+    model.run.log(metrics, model.epoch, tags)
 
 
 def _clock(seconds: float | None) -> str:
@@ -356,10 +381,17 @@ def finalize(
     result = FinalizeResult(select=select, mode=mode, top=list(top["trial_id"]))
     log.info("ranking %d trial(s) by %s (%s); top %d: %s", len(ranked), select, mode, len(top),
              ", ".join(f"{t} ({v:.4f})" for t, v in zip(top["trial_id"], top[select])))
+    reps = replicates_of(runs, result.top)
+    result.replicates = list(reps["trial_id"])
+    if len(reps):
+        log.info("and their %d replicate(s) (python -m search.replicate)", len(reps))
+    ranks = {tid: rank for rank, tid in enumerate(result.top, 1)}
+    rows = [(rank, row) for rank, (_, row) in enumerate(top.iterrows(), 1)]
+    rows += [(ranks[row["replicate_of"]], row) for _, row in reps.iterrows()]
 
     test_sets = _TestSets()
     aa_col = expected_aa_column(aa_attacks)
-    models = _plan_models(result, client, top, test_sets)
+    models = _plan_models(result, client, rows, test_sets)
     jobs = []
     # Two passes: every cheap column of every model first, AutoAttack (hours on CIFAR) last,
     # so an interruption during AutoAttack leaves a complete table of everything else.
@@ -382,7 +414,13 @@ def finalize(
     with strict_fp32():
         _run_jobs(result, jobs, test_sets, dev, aa_n, aa_attacks, aa_col, batch_size, seed)
     result.winner = _write_parent(client, parent, top) if len(top) else None
-    result.table = final_table(load_runs(name, tracking_uri), result.top, select)
+    finished = load_runs(name, tracking_uri)
+    order = final_order(finished, result.top)
+    result.table = final_table(finished, order, select)
+    result.intervals = final_intervals(finished, order)
+    result.configurations = replicate_configurations(finished, result.top, result_key(HEADLINE, "best"))
+    if parent is not None and result.replicates:
+        _write_replicate_summaries(client, parent.info.run_id, finished, result.top, select)
     return result
 
 
@@ -418,19 +456,41 @@ def _run_jobs(result: FinalizeResult, jobs: Sequence[_Job], test_sets: _TestSets
                 "test.aa_custom.n", "test.aa_custom.version", "test.aa_custom.attacks")
             tags = {**{f"test.{ck}.{aa_col}": _aa_signature(res.n, aa_attacks) for ck in model_info.checkpoints},
                     **epoch_tags, **dict(zip(names, (res.n, res.version, ",".join(res.attacks_run))))}
-            value = res.robust_accuracy
+            value, n = res.robust_accuracy, res.n
         else:
             log.info("%s %s: %s on %d test images ...", prefix, model_info.label, COLUMN_TITLES[job.column],
                      len(labels))
             logged = job.column
-            value = evaluate(net, images, labels, attacks=(job.column,), eps=cfg.eps, batch_size=batch_size,
-                             seed=seed, device=dev)[job.column]
+            correct = per_image_correct(net, images, labels, (job.column,), eps=cfg.eps, batch_size=batch_size,
+                                        seed=seed, device=dev)[job.column]
+            _log_per_image(model_info, job.column, correct)  # before the metric: a current result has its file
+            value, n = int(correct.sum()) / len(correct), len(correct)
             tags = {"test.n": len(labels), "test.eps": cfg.eps, **epoch_tags}
-        model_info.run.log({result_key(logged, ck): value for ck in model_info.checkpoints}, model_info.epoch, tags)
+        model_info.run.log(_with_interval({result_key(logged, ck): value for ck in model_info.checkpoints}, n),
+                           model_info.epoch, tags)
         result.evaluated += [(model_info.trial, ck, logged) for ck in model_info.checkpoints]
         seconds = time.perf_counter() - start
         log.info("%s %s: %s = %.2f%% (%.1fs; %s)", prefix, model_info.label, COLUMN_TITLES[logged], 100 * value,
                  seconds, progress.done(k, job, seconds))
+
+
+def _with_interval(results: Mapping[str, float], n: int) -> dict[str, float]:
+    """Each test/<column>/<checkpoint> result with its 95 % Wilson interval from the n images it was measured on."""
+    out = dict(results)
+    for key, value in results.items():
+        interval = accuracy_interval(value, n)
+        out.update({f"{key}{CI_LOW}": interval.low, f"{key}{CI_HIGH}": interval.high})
+    return out
+
+
+def _log_per_image(model: _Model, column: str, correct: torch.Tensor) -> None:
+    """per_image/<checkpoint>/<column>.npz on the run: which test images the model got right (packed bits), so that
+    analysis.report can compare two models on the same images (McNemar)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{column}.npz"
+        np.savez_compressed(path, correct=np.packbits(correct.numpy()), n=len(correct), epoch=model.epoch)
+        for ck in model.checkpoints:
+            model.run.client.log_artifact(model.run.run_id, str(path), f"{PER_IMAGE}/{ck}")
 
 
 def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
@@ -462,21 +522,40 @@ def _write_parent(client: Any, parent: Any, top: pd.DataFrame) -> str | None:
 TABLE_TITLES = {**COLUMN_TITLES, AA_CUSTOM: "AA_subset"}  # one word: the table is whitespace-aligned
 
 
+def final_order(runs: pd.DataFrame, finalists: Sequence[str]) -> list[str]:
+    """The rows of the final tables: each finalist, then its replicates by seed."""
+    reps = replicates_of(runs, finalists)
+    return [t for tid in finalists for t in [tid, *reps.loc[reps["replicate_of"] == tid, "trial_id"]]]
+
+
+def _ranks(by_id: pd.DataFrame, trial_ids: Sequence[str]) -> dict[str, Any]:
+    """Trial id -> rank: the search's trials 1, 2, ... in order; a replicate has its finalist's rank ('-' without)."""
+    of = {tid: by_id.loc[tid].get("replicate_of") for tid in trial_ids}
+    finalists = [tid for tid in trial_ids if not isinstance(of[tid], str)]
+    ranks: dict[str, Any] = {tid: rank for rank, tid in enumerate(finalists, 1)}
+    return {tid: ranks.get(tid, ranks.get(of[tid], "-")) for tid in trial_ids}
+
+
 def final_table(runs: pd.DataFrame, trial_ids: Sequence[str], select: str) -> pd.DataFrame:
     """The top trials' test results in percent, one row per (trial, checkpoint) in rank order.
 
-    Columns: rank, trial, ckpt (best | last), epoch (of the model file), select (the selection
-    metric, %), then one column per test column that has a result (TABLE_TITLES).
+    Columns: rank, trial, seed (train.seed; only when replicates are among the trials, each with its finalist's
+    rank), ckpt (best | last), epoch (of the model file), select (the selection metric, %), then one column per test
+    column that has a result (TABLE_TITLES).
     """
     rows = []
     by_id = runs.set_index("trial_id")
-    for rank, tid in enumerate(trial_ids, 1):
+    ranks = _ranks(by_id, trial_ids)
+    replicated = any(isinstance(by_id.loc[tid].get("replicate_of"), str) for tid in trial_ids)
+    for tid in trial_ids:
         r = by_id.loc[tid]
         for ckpt in CHECKPOINTS:
             epoch = r.get(f"test.{ckpt}.epoch")
-            row: dict[str, Any] = {"rank": rank, "trial": tid, "ckpt": ckpt,
-                                   "epoch": int(epoch) if pd.notna(epoch) else pd.NA,
-                                   "select": round(100 * float(r.get(select)), 2)}
+            row: dict[str, Any] = {"rank": ranks[tid], "trial": tid}
+            if replicated:
+                row["seed"] = int(r["seed"]) if pd.notna(r.get("seed")) else pd.NA
+            row.update({"ckpt": ckpt, "epoch": int(epoch) if pd.notna(epoch) else pd.NA,
+                        "select": round(100 * float(r.get(select)), 2)})
             for col in (*EVAL_COLUMNS, AA_CUSTOM):
                 key = result_key(col, ckpt)
                 if key in by_id.columns and pd.notna(r.get(key)):
@@ -490,6 +569,77 @@ def format_table(table: pd.DataFrame) -> str:
     return table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.2f}")
 
 
+def final_intervals(runs: pd.DataFrame, trial_ids: Sequence[str]) -> pd.DataFrame:
+    """The 95 % Wilson interval of each test result of final_table, in %, as 'low-high' (from the number of images
+    each column was measured on)."""
+    rows = []
+    by_id = runs.set_index("trial_id")
+    ranks = _ranks(by_id, trial_ids)
+    for tid in trial_ids:
+        r = by_id.loc[tid]
+        for ckpt in CHECKPOINTS:
+            row: dict[str, Any] = {"rank": ranks[tid], "trial": tid, "ckpt": ckpt}
+            for col in (*EVAL_COLUMNS, AA_CUSTOM):
+                value, n = r.get(result_key(col, ckpt)), test_images(r, col)
+                if value is not None and pd.notna(value) and n:
+                    interval = accuracy_interval(float(value), n)
+                    row[TABLE_TITLES[col]] = f"{100 * interval.low:.1f}-{100 * interval.high:.1f}"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interval_note(runs: pd.DataFrame, trial_ids: Sequence[str]) -> str:
+    """'n = 359 test images, AutoAttack on the first 100': what the intervals rest on."""
+    by_id = runs.set_index("trial_id")
+    sizes = {col: sorted({n for tid in trial_ids if (n := test_images(by_id.loc[tid], col))})
+             for col in ("clean", AA, AA_CUSTOM)}
+    parts = [f"n = {'/'.join(map(str, sizes['clean']))} test images"] if sizes["clean"] else []
+    parts += [f"{TABLE_TITLES[c]} on the first {'/'.join(map(str, sizes[c]))}" for c in (AA, AA_CUSTOM) if sizes[c]]
+    return ", ".join(parts)
+
+
+# The evaluation column the replicates' summary and the report's verdict lead with (the supplement's PGD^TRADES).
+HEADLINE = "pgd_trades"
+
+
+def replicate_summaries(runs: pd.DataFrame, finalists: Sequence[str], select: str) -> list[list[str]]:
+    """Rows of the replicates' table: per finalist and column (the selection metric, then each test column on the
+    best checkpoint), the search's own run and the replicates' n, mean, sd and 95 % t interval (%)."""
+    rows = []
+    for key, title in [(select, "select"), *((result_key(c, "best"), TABLE_TITLES[c])
+                                             for c in (*EVAL_COLUMNS, AA_CUSTOM))]:
+        if key not in runs.columns:
+            continue
+        for cells in replicate_rows(replicate_configurations(runs, finalists, key)):
+            if cells[3] != "0":
+                rows.append([cells[0], cells[1], title, *cells[2:7]])
+    return sorted(rows, key=lambda r: int(r[0]))
+
+
+REPLICATE_TABLE_HEADERS = ("rank", "configuration", "column", *REPLICATE_HEADERS[2:7])
+
+
+def _write_replicate_summaries(client: Any, parent_id: str, runs: pd.DataFrame, finalists: Sequence[str],
+                               select: str) -> None:
+    """replicates/<trial>/<key>_{mean,sd,n,ci_low,ci_high} on the parent run, for the selection metric and each test
+    result of the best and last checkpoints."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    keys = [select, *(result_key(c, ck) for c in (*EVAL_COLUMNS, AA_CUSTOM) for ck in CHECKPOINTS)]
+    metrics = []
+    for key in (k for k in keys if k in runs.columns):
+        for config in replicate_configurations(runs, finalists, key):
+            s = config.summary
+            if s is None:
+                continue
+            numbers = {"mean": s.mean, "sd": s.sd, "n": s.n, "ci_low": s.low, "ci_high": s.high}
+            metrics += [Metric(f"replicates/{config.trial_id}/{key}_{k}", float(v), now, 0)
+                        for k, v in numbers.items() if not math.isnan(v)]
+    for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(parent_id, metrics=metrics[i:i + 1000])
+
+
 def main(args: Mapping[str, Any]) -> int:
     """The command: finalize, then print the final table."""
     result = finalize(args["name"], args["tracking.uri"], top_k=args["top_k"], aa_n=args["aa.n"],
@@ -497,9 +647,20 @@ def main(args: Mapping[str, Any]) -> int:
     log.info("evaluated %d result(s), %d already current, %d copied from the identical checkpoint, "
              "%d model file(s) missing; winner %s", len(result.evaluated), len(result.skipped), len(result.copied),
              len(result.missing), result.winner)
-    print(f"Test-set accuracy (%) of the top {len(result.top)} by {result.select} ({result.mode}; "
+    reps = f" and their {len(result.replicates)} replicates (seed = train.seed)" if result.replicates else ""
+    print(f"Test-set accuracy (%) of the top {len(result.top)} by {result.select}{reps} ({result.mode}; "
           f"'select' is its value in %):")
     print(format_table(result.table))
+    runs = load_runs(args["name"], args["tracking.uri"])
+    order = final_order(runs, result.top)
+    print(f"\n95 % Wilson interval of each result (%, low-high; {_interval_note(runs, order)}):")
+    print(result.intervals.to_string(index=False, na_rep="-"))
+    if result.replicates:
+        print(f"\nReplicated configurations (%, best checkpoint; select = {result.select}): the search's own run "
+              "with its 95 % Wilson interval, then the replicates' n, mean, sd and 95 % t interval (the search's run "
+              "is not among them):")
+        print(text_table(REPLICATE_TABLE_HEADERS, replicate_summaries(runs, result.top, result.select),
+                         right=(0, 4, 5, 6)))
     if result.shared:
         print(f"best = last (one model file, evaluated once) for: {', '.join(result.shared)}")
     return 0

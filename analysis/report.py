@@ -26,11 +26,30 @@ from analysis.runs import (
     DEFAULT_SELECT,
     client_for,
     find_parent_run,
+    is_replicate,
     load_history,
     load_runs,
+    per_image,
     rank_trials,
+    replicate_configurations,
+    replicates_of,
     result_key,
     selection_mode,
+    test_images,
+)
+from analysis.stats import paired_difference, verdict
+from analysis.uncertainty import (
+    REPLICATE_HEADERS,
+    Configuration,
+    accuracy_interval,
+    interval_text,
+    label_of,
+    pooled_seed_sd,
+    replicate_rows,
+    resolution_sentence,
+    validation_images,
+    verdict_lines,
+    verdict_summary,
 )
 from trainables.config import TrainConfig, config_fields
 from trainables.schema import COLUMN_TITLES, EVAL_COLUMNS
@@ -164,19 +183,34 @@ def validation_table(ordered: pd.DataFrame, n_ranked: int, settings: Sequence[st
                      clean: pd.Series) -> str:
     """Every trial on the validation split: status, epochs, val clean at the best epoch, the selection metric, finalized or not."""
     headers = ["Rank", "Trial", *settings, "Status", "Epochs run", "Best epoch", "Val clean @best (%)",
-               f"{select} (%)", "Test"]
+               f"{select} (%)", "95 % interval (Wilson)", "Test"]
     rows = []
     for i, row in ordered.iterrows():
         epochs = f"{fmt(row.get('epochs_run'))}/{fmt(row.get('epochs'))}"
         status = row["status"] + (f" ({row['error']})" if row["status"] == "failed" and row.get("error") else "")
+        value, n = row.get(select), validation_images(row)
+        interval = accuracy_interval(value, n) if n and "acc" in select and pd.notna(value) and 0 <= value <= 1 \
+            else None
         rows.append([str(i + 1) if i < n_ranked else MISSING, row["trial_id"], *(fmt(row.get(s)) for s in settings),
                      status, epochs, fmt(row.get("best_epoch")), pct(clean.get(i)), pct(row.get(select)),
-                     "finalized" if is_finalized(row) else "not finalized"])
+                     interval_text(interval, 2), "finalized" if is_finalized(row) else "not finalized"])
     return _md_table(headers, rows)
 
 
 AA_TAGS = (("test.aa_n", "test.aa_version", "test.aa_attacks", "AA = AutoAttack"),
            ("test.aa_custom.n", "test.aa_custom.version", "test.aa_custom.attacks", "AA subset (NOT AutoAttack)"))
+
+
+def _wilson_widths(runs: pd.DataFrame) -> str:
+    """'+-1.0 points on 10000 test images, +-3.1 on AA's 1000': the widest Wilson half-width of the test numbers."""
+    parts = []
+    for column, what in ((HEADLINE, "test images"), ("autoattack", "for AA")):
+        ns = sorted({n for _, row in runs.iterrows() if (n := test_images(row, column))})
+        if ns:
+            half = 100 * max(accuracy_interval(0.5, n).high - 0.5 for n in ns)
+            parts.append(f"+-{half:.1f} points on {'/'.join(map(str, ns))} {what}" if column == HEADLINE
+                         else f"+-{half:.1f} points {what} (on {'/'.join(map(str, ns))})")
+    return ", ".join(parts)
 
 
 def _distinct(runs: pd.DataFrame, column: str) -> list[str]:
@@ -324,12 +358,13 @@ def trial_setting(row: pd.Series) -> dict[str, Any]:
         except KeyError:
             arch = teacher
     return {"dataset": row.get("dataset"), "student": row.get("student"), "method": row.get("method"),
-            "teacher_arch": arch, "rsl_source": row.get("rsl_source"), "alpha": row.get("alpha"),
+            "teacher": teacher, "teacher_arch": arch, "rsl_source": row.get("rsl_source"), "alpha": row.get("alpha"),
             "eps": row.get("eps"), "epochs": row.get("epochs"), "recipe": _setting(row, "recipe", "")}
 
 
-def compare_section(ordered: pd.DataFrame) -> list[str]:
-    """The supplement's rows beside matching trials, with the difference in points; says so when nothing matches."""
+def compare_section(ordered: pd.DataFrame, runs: pd.DataFrame | None = None) -> list[str]:
+    """The supplement's rows beside matching trials, with the difference in points, and whether each published number
+    lies inside our 95 % interval (`runs`: every run, replicates included); says so when nothing matches."""
     lines = ["## Comparison with the paper (RSLAD supplement)", ""]
     matched = [(row, paper.match_rows(trial_setting(row))) for _, row in ordered.iterrows()]
     matched = [(row, rows[0]) for row, rows in matched if rows]
@@ -362,7 +397,162 @@ def compare_section(ordered: pd.DataFrame) -> list[str]:
                     f"{100 * float(ours[c]) - published[c]:+.2f}" if c in published and pd.notna(ours[c]) else MISSING
                     for c in EVAL_COLUMNS), ""])
     lines.append(_md_table(headers, rows))
+    inside = [(row["trial_id"], ck, _inside_lines(runs if runs is not None else ordered, row, ck, published))
+              for row, prow in matched if is_finalized(row)
+              for ck, published in (("best", prow.best), ("last", prow.last)) if published]
+    inside = [(t, ck, text) for t, ck, text in inside if text]
+    if inside:
+        lines += ["", "Is the paper's number inside our 95 % interval?", ""]
+        lines += [f"- trial `{t}`, {ck} checkpoint: {text}." for t, ck, text in inside]
     return lines
+
+
+# --- uncertainty: replicates, verdicts, resolution -----------------------------------------------
+HEADLINE = "pgd_trades"
+"""The test column the verdict is given for (the supplement's PGD^TRADES: on the whole test set, and per image)."""
+
+
+def _replicate_table(configs: Sequence[Configuration]) -> str:
+    return _md_table(REPLICATE_HEADERS, replicate_rows(configs, digits=2))
+
+
+def _seed_run(runs: pd.DataFrame, trial_id: str, seed: int) -> str | None:
+    reps = replicates_of(runs, [trial_id])
+    found = reps[reps["replicate_seed"] == seed]
+    return str(found.iloc[0]["run_id"]) if len(found) else None
+
+
+def mcnemar_lines(client: Any, runs: pd.DataFrame, winner: Configuration, other: Configuration,
+                  column: str = HEADLINE, checkpoint: str = "best") -> list[str]:
+    """For each seed both configurations ran: the two models on the same test images (per-image correctness that
+    finalize stored), McNemar's exact test; empty when the files are missing."""
+    lines = []
+    for seed in sorted(set(winner.values) & set(other.values)):
+        ids = (_seed_run(runs, winner.trial_id, seed), _seed_run(runs, other.trial_id, seed))
+        if None in ids:
+            continue
+        a, b = (per_image(client, run_id, checkpoint, column) for run_id in ids)
+        if a is None or b is None or len(a) != len(b):
+            continue
+        lines.append(f"seed {seed}: " + verdict(winner.label, other.label, paired_difference(a, b)))
+    return lines
+
+
+def single_run_lines(client: Any, ranked: pd.DataFrame, column: str = HEADLINE) -> list[str]:
+    """Without replicates: the search's top run against each of the next (best checkpoints, same test images)."""
+    fin = ranked[ranked.apply(is_finalized, axis=1)]
+    if len(fin) < 2:
+        return []
+    rows = [(row, per_image(client, row["run_id"], "best", column)) for _, row in fin.iterrows()]
+    (top, a), lines = rows[0], []
+    for row, b in rows[1:]:
+        if a is not None and b is not None and len(a) == len(b):
+            label = label_of(_searched(top), top["trial_id"]), label_of(_searched(row), row["trial_id"])
+            lines.append(verdict(*label, paired_difference(a, b)))
+    return lines
+
+
+def _searched(row: pd.Series) -> dict[str, Any]:
+    return {c[len("search."):]: row[c] for c in row.index
+            if c.startswith("search.") and c != "search.replicate" and pd.notna(row[c])}
+
+
+def uncertainty_section(client: Any, ranked: pd.DataFrame, runs: pd.DataFrame, select: str
+                        ) -> tuple[list[str], list[Configuration]]:
+    """Markdown lines: the replicates of the finalists (validation and test), the winner against each runner-up in
+    words, and what the validation split and the test set can resolve; and the validation configurations (for the
+    figures' error bars)."""
+    title = COLUMN_TITLES[HEADLINE]
+    lines = ["## Is the winner distinguishable from the runner-up?", ""]
+    replicated = set(runs.loc[is_replicate(runs), "replicate_of"])
+    finalists = [t for t in ranked["trial_id"] if t in replicated]
+    val = replicate_configurations(runs, finalists, select) if finalists else []
+    test: list[Configuration] = []
+    if not finalists:
+        lines.append("No replicates: every number above is one run with one seed, so a ranking can be seed noise. "
+                     "`python -m search.replicate name=<this search>` trains the finalists again with new seeds; "
+                     "`analysis.finalize` then evaluates them and this section gives each configuration's mean and "
+                     "95 % interval and the verdicts.")
+        single = single_run_lines(client, ranked)
+        if single:
+            lines += ["", (f"The search's own runs on the same test images ({title}, best checkpoint; one seed each, "
+                           "so this compares two trained models, not two configurations):"), "",
+                      *(f"- {v}" for v in single)]
+    else:
+        if ranked.iloc[0]["trial_id"] not in replicated:
+            lines.append(f"The search's winner `{ranked.iloc[0]['trial_id']}` has no replicates; the comparisons "
+                         "below are among the replicated finalists, the best-ranked first.")
+            lines.append("")
+        lines += [("Each configuration's replicates (train.seed and the epoch order seed shifted by 1, 2, ...; the "
+                   "validation split, the test set and the teacher unchanged); the search's own run is shown with its "
+                   "Wilson interval but left out of the statistics (it was selected for scoring high)."), "",
+                  f"**Validation, `{select}` (%)**", "", _replicate_table(val), ""]
+        verdicts = verdict_lines(val)
+        lines += [f"- {v}" for v in verdicts] + ([""] if verdicts else [])
+        test = replicate_configurations(runs, finalists, result_key(HEADLINE, "best"))
+        summaries = [text for text in (verdict_summary(test, f"the test set ({title}, across seeds)"),
+                                       verdict_summary(val, f"validation (`{select}`, across seeds)")) if text]
+        if summaries:
+            lines[2:2] = [f"**In short**: {'; '.join(summaries)}.", ""]
+        if any(c.values for c in test):
+            lines += [f"**Test set, {title}, best checkpoint (%)**", "", _replicate_table(test), ""]
+            lines += [f"- {v}" for v in verdict_lines(test)]
+            ranked_test = sorted(test, key=lambda c: c.rank)
+            per_seed = [ln for other in ranked_test[1:] for ln in mcnemar_lines(client, runs, ranked_test[0], other)]
+            if per_seed:
+                lines += ["", f"Per seed, the two models on the same test images ({title}, McNemar's exact test):", "",
+                          *(f"- {v}" for v in per_seed)]
+            lines.append("")
+        else:
+            lines += ["", ("_The replicates are not finalized: `python -m analysis.finalize name=<this search>` "
+                           "evaluates them (and the test-set verdict appears here)._"), ""]
+    lines += ["**Resolution** (the smallest difference the data can show with 80 % power at the 5 % level):", ""]
+    n_val = validation_images(ranked.iloc[0]) if len(ranked) else None
+    seeds = max((len(c.values) for c in val), default=1)
+    if n_val:
+        lines.append(f"- {resolution_sentence(n_val, 'the validation split', max(seeds, 2), pooled_seed_sd(val))}.")
+    n_test = next((n for _, row in runs.iterrows() if (n := test_images(row, HEADLINE))), None)
+    if n_test:
+        lines.append(f"- {resolution_sentence(n_test, 'the test set', max(seeds, 2), pooled_seed_sd(test))}.")
+    lines.append("- Rule: MDD = 2.80 x sqrt(2 (p(1-p)/n + sd_seed^2) / seeds) (z 1.96 + 0.84 for 95 % confidence "
+                 "and 80 % power); val_size 1000 at p = 0.55 gives 6.2 points for single runs.")
+    return lines, val
+
+
+def figure_intervals(ranked: pd.DataFrame, configs: Sequence[Configuration]) -> dict[str, dict[Any, Any]]:
+    """The replicates' intervals keyed as the k, teacher and RSL-source figures place them (best rank first)."""
+    by_id = ranked.set_index("trial_id", drop=False)
+    out: dict[str, dict[Any, Any]] = {"k": {}, "teacher": {}, "rsl_source": {}}
+    for c in sorted(configs, key=lambda c: c.rank):
+        if c.summary is None or c.trial_id not in by_id.index:
+            continue
+        row = by_id.loc[c.trial_id]
+        for figure, column in (("k", "k"), ("teacher", "teacher"), ("rsl_source", "rsl_source")):
+            key = row.get(column)
+            if key is not None and not (isinstance(key, float) and math.isnan(key)):
+                s = c.summary  # clipped to what an accuracy can be (with few seeds mean +- t*se can leave [0, 1])
+                out[figure].setdefault(key, (s.mean, max(0.0, min(s.low, s.mean)), min(1.0, max(s.high, s.mean)))
+                                       if not math.isnan(s.low) else (s.mean, s.mean, s.mean))
+    return out
+
+
+def _inside_lines(runs: pd.DataFrame, row: pd.Series, ck: str, published: Mapping[str, float]) -> str | None:
+    """Whether each published number lies inside our 95 % interval: the replicates' t interval when there are >= 2,
+    else the run's Wilson interval on its test images (test sampling only, no seed noise)."""
+    parts = []
+    for c in (c for c in EVAL_COLUMNS if c in published):
+        (config,) = replicate_configurations(runs, [row["trial_id"]], result_key(c, ck))
+        s = config.summary
+        if s is not None and s.n >= 2:
+            interval, how = s, f"mean of {s.n} replicates, t"
+        elif config.selection_interval is not None:
+            interval, how = config.selection_interval, f"this run, Wilson on {config.selection_n} images"
+        else:
+            continue
+        low, high = 100 * interval.low, 100 * interval.high
+        where = "inside" if low <= published[c] <= high else "outside"
+        parts.append(f"{COLUMN_TITLES[c]} {published[c]:.2f} {where} [{low:.2f}, {high:.2f}] ({how})")
+    return "; ".join(parts) or None
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -383,13 +573,17 @@ def _space_yaml(parent: Any, tracking_uri: str) -> str | None:
 
 
 def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, select: str, mode: str, top_k: int,
-                  distributions: Mapping[str, Any] | None = None
+                  distributions: Mapping[str, Any] | None = None, intervals: Mapping[str, Any] | None = None,
+                  interval_label: str = plots.INTERVAL_LABEL
                   ) -> tuple[dict[str, Path], dict[str, str], dict[str, str]]:
-    """Draw every figure the data support into folder; returns (written, skipped with reasons, notes on substitutes)."""
+    """Draw every figure the data support into folder (the k, teacher and RSL-source figures with the replicates'
+    `intervals` as error bars, keyed per figure); returns (written, skipped with reasons, notes on substitutes)."""
+    bars = {key: dict((intervals or {}).get(key) or {}) or None for key in ("k", "teacher", "rsl_source")}
     makers: dict[str, Callable[[], Any]] = {
-        "k": lambda: plots.plot_k(runs, select),
-        "teacher": lambda: plots.plot_teacher(runs, select),
-        "rsl_source": lambda: plots.plot_rsl_source(runs, select),
+        "k": lambda: plots.plot_k(runs, select, intervals=bars["k"], interval_label=interval_label),
+        "teacher": lambda: plots.plot_teacher(runs, select, intervals=bars["teacher"], interval_label=interval_label),
+        "rsl_source": lambda: plots.plot_rsl_source(runs, select, intervals=bars["rsl_source"],
+                                                    interval_label=interval_label),
         "pareto": lambda: plots.plot_pareto(runs, select, history),
         "learning_curves": lambda: plots.plot_learning_curves(runs, history, select, top_k, mode),
         "importances": lambda: plots.plot_importances(runs, select, mode, distributions),
@@ -413,7 +607,8 @@ def build_figures(runs: pd.DataFrame, history: pd.DataFrame, folder: Path, selec
 def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *, compare: str = "none",
                  select: str = DEFAULT_SELECT, top_k: int = 3, log_artifacts: bool = True) -> ReportResult:
     """Write <out>/report.md and the figures for search `name`; log the folder under report/ of the parent run."""
-    runs = load_runs(name, tracking_uri)
+    every = load_runs(name, tracking_uri)
+    runs = every[~is_replicate(every)].reset_index(drop=True)  # the search's trials; replicates have a section
     parent = find_parent_run(name, tracking_uri)
     ptags = parent.data.tags if parent is not None else {}
     mode = selection_mode(select, ptags)
@@ -458,13 +653,22 @@ def build_report(name: str, tracking_uri: str, out: str | Path | None = None, *,
     prov = _aa_provenance(ordered)
     if prov:
         lines += [prov + ".", ""]
+    widths = _wilson_widths(ordered)
+    if widths:
+        lines += [f"Each number's 95 % Wilson interval is at most {widths} (at 50 %; `analysis.finalize` prints each "
+                  "cell's interval and logs test/<column>/<checkpoint>_ci_low/_ci_high).", ""]
     lines += [table, "", "## All trials (validation split, %)", "",
               validation_table(ordered, n_ranked, settings, select, clean), ""]
+    verdicts, configs = uncertainty_section(client_for(tracking_uri), ordered.head(n_ranked), every, select)
+    lines += verdicts + [""]
     if compare == "paper":
-        lines += compare_section(ordered) + [""]
+        lines += compare_section(ordered, every) + [""]
 
     distributions = plots.space_distributions(_space_yaml(parent, tracking_uri), ptags.get("rslad.profile"))
-    result.figures, result.skipped, notes = build_figures(ordered, history, folder, select, mode, top_k, distributions)
+    seeds = max((len(c.values) for c in configs), default=0)
+    label = f"replicates: mean and 95 % t interval of {plots.select_label(select)} ({seeds} seeds)"
+    result.figures, result.skipped, notes = build_figures(ordered, history, folder, select, mode, top_k, distributions,
+                                                          figure_intervals(ordered, configs), label)
     lines += ["## Figures", ""]
     for key, path in result.figures.items():
         lines += [f"### {FIGURE_TITLES[key]}", ""] + ([f"_{notes[key]}._", ""] if key in notes else [])

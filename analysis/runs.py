@@ -7,10 +7,12 @@ import dataclasses
 import logging
 import math
 import typing
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
+from analysis.uncertainty import Configuration, label_of, validation_images
 from trainables.config import TrainConfig
 from trainables.errors import UserError
 from trainables.schema import (
@@ -18,6 +20,9 @@ from trainables.schema import (
     EPOCH_METRICS,
     EPOCHS_RUN,
     ERROR,
+    ORPHANED,
+    REPLICATE_OF,
+    REPLICATE_SEED,
     ROLE,
     STATUS,
     TRIAL_ID,
@@ -31,11 +36,29 @@ class ExperimentNotFoundError(UserError, LookupError):
 
 
 CHECKPOINTS = ("best", "last")
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+"""Suffixes of a result's 95 % interval: test/<column>/<checkpoint>_ci_low (Wilson, from its number of images)."""
+PER_IMAGE = "per_image"
+"""Artifact folder of a finalized run: per_image/<checkpoint>/<column>.npz, which test images the model got right."""
 
 
 def result_key(column: str, checkpoint: str) -> str:
     """MLflow metric key of a test-set result: test/<column>/<best|last>."""
     return f"test/{column}/{checkpoint}"
+
+
+def per_image(client: Any, run_id: str, checkpoint: str, column: str) -> np.ndarray | None:
+    """Which test images a finalized run's model got right under `column` (bool array in image order), None when
+    finalize did not store it (runs finalized before it did, AutoAttack)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(run_id, f"{PER_IMAGE}/{checkpoint}/{column}.npz", folder)
+            with np.load(path) as blob:
+                return np.unpackbits(blob["correct"], count=int(blob["n"])).astype(bool)
+    except Exception:  # noqa: BLE001  (a missing artifact raises MLflow's, OSError or FileNotFoundError by store)
+        return None
 
 
 def client_for(tracking_uri: str):
@@ -140,7 +163,8 @@ def _trial_runs(client: Any, name: str) -> tuple[Any, list[Any], Any | None]:
     runs = _all_runs(client, exp.experiment_id)
     parents = [r for r in runs if r.data.tags.get(ROLE) == "search"]
     parent = max(parents, key=lambda r: r.info.start_time or 0) if parents else None
-    trials = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
+    # A run closed as an orphan (its trial never saved by Tune, replaced on resume) is no trial of the search.
+    trials = [r for r in runs if r.data.tags.get(ROLE) == "trial" and r.data.tags.get(STATUS) != ORPHANED]
     if parent is not None:
         # Only this search's trials; an orphan from another parent (an old, deleted search) is ignored.
         trials = [r for r in trials if r.data.tags.get("mlflow.parentRunId", parent.info.run_id) == parent.info.run_id]
@@ -179,6 +203,8 @@ def load_runs(name: str, tracking_uri: str) -> pd.DataFrame:
             "error": tags.get(ERROR),
             "checkpoint_dir": tags.get(CHECKPOINT_DIR),
             "epochs_run": int(float(epochs_run)) if epochs_run not in (None, "") else None,
+            "replicate_of": tags.get(REPLICATE_OF),
+            "replicate_seed": int(tags[REPLICATE_SEED]) if tags.get(REPLICATE_SEED) else None,
             "start_time": r.info.start_time,
             **{f"tag:{k}": v for k, v in tags.items() if k.startswith("test.")},
             **{f"param:{k}": v for k, v in params.items()},
@@ -187,7 +213,8 @@ def load_runs(name: str, tracking_uri: str) -> pd.DataFrame:
         })
     frame = pd.DataFrame(rows)
     if frame.empty:
-        return pd.DataFrame(columns=["run_id", "trial_id", "status", "checkpoint_dir", "epochs_run"])
+        return pd.DataFrame(columns=["run_id", "trial_id", "status", "checkpoint_dir", "epochs_run", "replicate_of",
+                                     "replicate_seed"])
     # Params become typed columns named as logged: TrainConfig fields by their declared type, the rest inferred.
     for pname in sorted(param_names):
         raw = [None if pd.isna(v) else v for v in frame.pop(f"param:{pname}")]
@@ -203,6 +230,7 @@ def load_runs(name: str, tracking_uri: str) -> pd.DataFrame:
     if "epochs_run" in frame.columns:
         # Older runs without the tag: the last logged best_epoch step is not the epoch count, so leave it missing.
         frame["epochs_run"] = frame["epochs_run"].astype("Int64")
+    frame["replicate_seed"] = frame["replicate_seed"].astype("Int64")
     if "alpha" in frame.columns:
         frame["k"] = [_k_of(a) for a in frame["alpha"]]
     return frame.reset_index(drop=True)
@@ -246,13 +274,70 @@ def selection_mode(select: str, parent_tags: dict[str, str] | None = None) -> st
     return "min" if "loss" in select else "max"
 
 
+def is_replicate(runs: pd.DataFrame) -> pd.Series:
+    """Rows that are replicates (python -m search.replicate) rather than the search's own trials."""
+    if "replicate_of" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["replicate_of"].notna()
+
+
+def replicates_of(runs: pd.DataFrame, finalists: Iterable[str], include_failed: bool = False) -> pd.DataFrame:
+    """The replicates of these trials, finalist by finalist (in the given order), then by seed."""
+    order = {tid: i for i, tid in enumerate(finalists)}
+    if "replicate_of" not in runs.columns:
+        return runs.iloc[0:0]
+    reps = runs[is_replicate(runs)]
+    reps = reps[reps["replicate_of"].isin(order)]
+    if not include_failed:
+        reps = reps[reps["status"] != "failed"]
+    seeds = reps["replicate_seed"] if "replicate_seed" in reps.columns else pd.Series(0, index=reps.index)
+    keys = reps["replicate_of"].map(order) * 1_000_000 + seeds.fillna(0).astype(int)
+    return reps.loc[keys.sort_values(kind="mergesort").index]
+
+
+def searched_params(row: pd.Series) -> dict[str, Any]:
+    """A run's searched values (its search.* params; a replicate's label left out)."""
+    return {c[len("search."):]: (v.item() if hasattr(v, "item") else v) for c, v in row.items()
+            if c.startswith("search.") and c != "search.replicate" and v is not None and not pd.isna(v)}
+
+
+IMAGES_TAG = {"autoattack": "test.aa_n", "aa_custom": "test.aa_custom.n"}
+"""Where a test column's image count is kept (test.n for the per-batch columns)."""
+
+
+def test_images(row: pd.Series, column: str) -> int | None:
+    """The images a test column of this run was measured on (test.n; AutoAttack: its aa.n), None when unknown."""
+    value = row.get(IMAGES_TAG.get(column, "test.n"))
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def replicate_configurations(runs: pd.DataFrame, finalists: Sequence[str], key: str) -> list[Configuration]:
+    """Each finalist (rank = its place in `finalists`) with its own value of `key` and its finished replicates' values
+    by train.seed; the images behind the finalist's value are val_size for validation metrics, test.n for test ones."""
+    by_id = runs.set_index("trial_id", drop=False)
+    column = key.split("/")[1] if key.startswith("test/") else None
+    out = []
+    for rank, tid in enumerate(finalists, 1):
+        row = by_id.loc[tid]
+        value = row.get(key)
+        n = test_images(row, column) if column else validation_images(row)
+        config = Configuration(tid, label_of(searched_params(row), tid), rank,
+                               float(value) if value is not None and pd.notna(value) else None, n)
+        for _, rep in replicates_of(runs, [tid]).iterrows():
+            if rep["status"] == "finished" and key in rep and pd.notna(rep[key]) and pd.notna(rep["replicate_seed"]):
+                config.values[int(rep["replicate_seed"])] = float(rep[key])
+        out.append(config)
+    return out
+
+
 def rank_trials(runs: pd.DataFrame, select: str = DEFAULT_SELECT, mode: str = "max",
                 include_failed: bool = False) -> pd.DataFrame:
-    """Trials ordered best-first by `select` (ties by trial id); failed trials and trials without the metric are left out."""
+    """The search's trials ordered best-first by `select` (ties by trial id); failed trials, trials without the metric
+    and replicates (they are not candidates: they measure a finalist's seed-to-seed spread) are left out."""
     if select not in runs.columns:
         numeric = sorted(c for c in runs.columns if pd.api.types.is_numeric_dtype(runs[c]))
         raise UserError(f"select={select!r} is not a metric of these runs; available: {', '.join(numeric)}")
-    ranked = runs[runs[select].notna()]
+    ranked = runs[runs[select].notna() & ~is_replicate(runs)]
     if not include_failed:
         ranked = ranked[ranked["status"] != "failed"]
     ranked = ranked.sort_values([select, "trial_id"], ascending=[mode == "min", True], kind="mergesort")

@@ -336,7 +336,7 @@ def minimum_detectable_difference(n_images: int, accuracy: float = 0.55, level: 
 
 # --- words and tables ----------------------------------------------------------------------------
 def _points(x: float) -> str:
-    return f"{100.0 * x:+.1f}"
+    return f"{round(100.0 * x, 1) + 0.0:+.1f}"  # + 0.0: a difference that rounds to zero reads +0.0, not -0.0
 
 
 def _p_text(p: float) -> str:

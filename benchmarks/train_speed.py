@@ -143,7 +143,7 @@ def bench_method(method_name: str, x: torch.Tensor, y: torch.Tensor, args: argpa
     optimizer = torch.optim.SGD(student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     loader = DeviceLoader(x, y, batch_size=args.batch_size, device=device, shuffle=True, augment=True,
-                          seed=cfg.data_seed, channels_last=cl)
+                          seed=cfg.epoch_order_seed, channels_last=cl)
 
     def steps(epoch: int) -> int:
         seen = 0

@@ -53,6 +53,12 @@ INTROS = {
     "search.teachers": (
         "Trains teachers (teachers.names, or every trainable teacher of train.dataset) as Tune trials, saves each "
         "to train.teachers_dir/<name>.pt and registers it in MLflow. dry_run=true prints what it would train."),
+    "search.replicate": (
+        "Trains the finalists of a finished search (name=, its replicate.top_k best trials) again with "
+        "replicate.seeds new seeds each, to the end of their schedules, as child runs of the search's parent run; "
+        "prints each configuration's mean, sd and 95 % interval and whether the winner is distinguishable from each "
+        "runner-up. The same command continues interrupted replicates. dry_run=true checks everything and prints "
+        "the plan."),
 }
 HELP_FLAGS = ("--help", "-h")
 # Hydra's own command-line options other than --help/--cfg: none of them does anything for a search.

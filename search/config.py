@@ -108,6 +108,18 @@ class TeachersConfig:
 
 
 @dataclass(frozen=True)
+class ReplicateConfig:
+    """What `python -m search.replicate` trains again: the search's finalists with new seeds."""
+
+    top_k: int = field(default=3, metadata=_min(1))
+    """python -m search.replicate only: how many of the search's best trials (by its metric) to replicate"""
+    seeds: int = field(default=3, metadata=_min(2))
+    """python -m search.replicate only: new seeds per finalist: replicate i (1..seeds) adds i to train.seed and to the
+    epoch order seed (initial weights, batches, augmentation, attack noise change; the validation split does not);
+    each runs its whole schedule"""
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """Everything `python -m search.run` (and `search.teachers`) is told; `train` is the base TrainConfig."""
 
@@ -147,6 +159,7 @@ class SearchConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
     top_k: int = field(default=5, metadata=_min(1))
     """rows of the final table"""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -207,7 +220,8 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
 
 
 _SECTIONS: dict[str, type] = {"TrackingConfig": TrackingConfig, "OptunaConfig": OptunaConfig,
-                              "RayConfig": RayConfig, "TrialConfig": TrialConfig, "TeachersConfig": TeachersConfig}
+                              "RayConfig": RayConfig, "TrialConfig": TrialConfig, "TeachersConfig": TeachersConfig,
+                              "ReplicateConfig": ReplicateConfig}
 _KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
           "tuple[str, ...]": "a list of names, e.g. [a,b]"}
 

@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from analysis.uncertainty import resolution_sentence, validation_images
 from search.config import SearchConfig, SearchInputError, default_name, load_config
 from search.driver import local_gpus, trial_resources
 from search.storage import (
@@ -26,13 +27,11 @@ from search.storage import (
     read_record,
     study_storage_url,
 )
-from search.teacher_weights import checkpoint_for
 from search.tracking import REGISTERED_PREFIX
 from spaces import Space, load_space
 from trainables.config import NO_TEACHER
 from trainables.methods import METHODS
-from trainables.paths import is_uri
-from trainables.teachers import get_teacher
+from trainables.teachers import checkpoint_path, get_teacher
 
 log = logging.getLogger("search")
 
@@ -207,16 +206,12 @@ def asha_expected_trial_epochs(num_samples: int, epochs: float, grace_period: fl
 
 
 def rsl_cache_dir(cfg: SearchConfig, name: str) -> str:
-    """Where the search's trials share soft labels: train.rsl_cache_dir if given, else <storage>/<name>/rsl_cache; empty with rsl_cache=false."""
+    """Where the search's trials share soft labels: train.rsl_cache_dir if given, else <storage>/<name>/rsl_cache (object
+    storage too: each node keeps a local copy filled from it); empty with rsl_cache=false."""
     if not cfg.rsl_cache:
         return ""
     if cfg.train.rsl_cache_dir:
         return cfg.train.rsl_cache_dir
-    if is_uri(cfg.storage):
-        # The cache needs a file system with atomic rename and exclusive create (local disk, NFS).
-        log.warning("rsl_cache: storage %s is not a mounted folder, so trials do not share soft labels; "
-                    "give train.rsl_cache_dir=/a/shared/folder to share them", cfg.storage)
-        return ""
     return f"{cfg.storage.rstrip('/')}/{name}/rsl_cache"
 
 
@@ -278,7 +273,7 @@ def teacher_lines(plan: SearchPlan, sources: dict[str, str]) -> list[str]:
         return ["none (no method in play uses a teacher)"]
     out = []
     for name in plan.teachers:
-        path = checkpoint_for(name, plan.base_train)
+        path = checkpoint_path(name, plan.base_train)
         epochs = plan.cfg.teachers.epochs or plan.base_train["epochs"]
         out.append({
             "file": f"{name}: {path} (found; loads)",
@@ -337,6 +332,11 @@ def describe(plan: SearchPlan, sources: dict[str, str]) -> str:
     lines += _line("per trial", f"{resources(cfg)}; student {base['student']}, method {base['method']}, "
                                 f"batch {base['batch_size']}, device {base['device']}")
     lines += _line("trial-epochs", trial_epochs_text(plan))
+    n_val = validation_images(base)
+    if n_val:
+        where = "the validation split" if base["val_size"] else "the test set that selects (val_size=0)"
+        lines += _line("resolution", f"{resolution_sentence(n_val, where)}; error bars over seeds afterwards: "
+                                     f"python -m search.replicate name={plan.name}")
     for i, text in enumerate(data_lines(plan)):
         lines += _line("data" if i == 0 else "", text)
     for i, text in enumerate(teacher_lines(plan, sources)):

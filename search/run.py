@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import logging
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from analysis.uncertainty import interval_text, resolution_sentence
 from search import driver, teacher_weights
 from search.cli import answer_help_or_cfg, read_command_line, run_cli
 from search.config import SearchInputError
 from search.console import LiveConsole
+from search.intervals import record_intervals, trial_interval
 from search.plan import (
     SearchPlan,
     describe,
@@ -48,6 +51,8 @@ from search.tracking import (
 from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
 from trainables.ray_adapter import train_trial
 from trainables.schema import METRIC_TAG, SEARCH_ID, STORAGE
+from trainables.shipping import collect
+from trainables.teachers import checkpoint_path
 
 log = logging.getLogger("search")
 
@@ -95,10 +100,15 @@ def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
 
 
 def trainable(plan: SearchPlan) -> Any:
-    """The trial function with one trial's resources attached."""
+    """The trial function with one trial's resources attached (and, on a cluster, the driver's files)."""
     from ray import tune  # heavy: only once the search runs
 
-    return tune.with_resources(train_trial, driver.trial_resources(plan.cfg))
+    trains = [{**plan.base_train, "dataset": dataset, "data_dir": data_dir}
+              for dataset in sorted(plan.space.field_values("dataset"))
+              for data_dir in sorted(plan.space.field_values("data_dir"))]
+    teachers = [checkpoint_path(name, plan.base_train) for name in plan.teachers]
+    shipped = teacher_weights.ship_with(train_trial, plan.cfg, lambda: collect(trains, teachers))
+    return tune.with_resources(shipped, driver.trial_resources(plan.cfg))
 
 
 def parent_tags(plan: SearchPlan, search_id: str | None) -> dict[str, str]:
@@ -115,7 +125,8 @@ def run_search(plan: SearchPlan):
 
     teacher_weights.provide(plan.teachers, plan.base_train, plan.cfg)  # fetches or trains what the preflight found missing, and loads each one
     check_gpu_packing(plan)  # needs the teachers' weights; before Ray starts
-    driver.start_ray(plan.cfg)
+    driver.start_ray(plan.cfg, shared={"storage": plan.cfg.storage,
+                                       "train.rsl_cache_dir": plan.base_train["rsl_cache_dir"]})
     if plan.cfg.resume:
         # Tune restores the searcher, scheduler and callbacks pickled in storage; only the trainable is
         # given anew, and the restored MLflow tracker writes where this command says.
@@ -154,8 +165,9 @@ def check_gpu_packing(plan: SearchPlan) -> None:
         raise SearchInputError(error)
 
 
-def summary_table(results, metric: str, top_k: int) -> str:
-    """The top trials as a fixed-width table: searched params, best validation accuracies, epochs run."""
+def summary_table(results, metric: str, top_k: int, name: str = "<this search>") -> str:
+    """The top trials as a fixed-width table: searched params, best validation accuracies with the 95 % Wilson
+    interval of the metric (from the number of validation images), epochs run; then what that number resolves."""
     rows = []
     for result in results:
         if result.metrics is None or f"best_{metric}" not in result.metrics:
@@ -167,18 +179,25 @@ def summary_table(results, metric: str, top_k: int) -> str:
             "trial": str(result.metrics.get("trial_id", "?")),
             "params": ", ".join(f"{k}={short_value(v)}" for k, v in sorted(params.items())) or "-",
             metric: float(best_row[metric]),
+            "interval": trial_interval(result.config, {f"best_{metric}": best_row[metric]}, metric),
             "val_clean_acc": float(best_row["val_clean_acc"]),
             "best_epoch": int(best_row["epoch"]),
             "epochs_run": int(result.metrics.get("epoch", 0)),
             "of": int(result.config["train"]["epochs"]),
         })
     rows.sort(key=lambda r: r[metric], reverse=True)
-    header = (f"{'rank':>4}  {'trial':<8}  {'params':<48} {metric:>12} {'val_clean_acc':>13} "
+    header = (f"{'rank':>4}  {'trial':<8}  {'params':<40} {metric:>12} {'95 % interval':>16} {'val_clean_acc':>13} "
               f"{'best_epoch':>10} {'epochs_run':>10}")
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows[:top_k], 1):
-        lines.append(f"{i:>4}  {r['trial']:<8}  {r['params'][:48]:<48} {r[metric]:>12.4f} {r['val_clean_acc']:>13.4f} "
+        lines.append(f"{i:>4}  {r['trial']:<8}  {r['params'][:40]:<40} {r[metric]:>12.4f} "
+                     f"{interval_text(r['interval'], 3, scale=1):>16} {r['val_clean_acc']:>13.4f} "
                      f"{r['best_epoch']:>10} {str(r['epochs_run']) + '/' + str(r['of']):>10}")
+    n_val = next((r["interval"].n for r in rows if r["interval"] is not None), None)
+    if n_val:
+        lines += textwrap.wrap(f"95 % interval: Wilson, from one run's {n_val} validation images; "
+                               f"{resolution_sentence(n_val, 'the validation split', seeds=1)}. Error bars over seeds: "
+                               f"python -m search.replicate name={name}", len(header), break_on_hyphens=False)
     return "\n".join(lines)
 
 
@@ -237,7 +256,9 @@ def main(argv: list[str]) -> int:
         print(f"top trials so far by {metric} (validation split)")
     else:
         print(f"\nsearch {plan.name}: top trials by {metric} (validation split)")
-    print(summary_table(results, metric, plan.cfg.top_k))
+    print(summary_table(results, metric, plan.cfg.top_k, plan.name))
+    if plan.cfg.tracking.enabled:
+        record_intervals(plan.cfg.tracking.uri, plan.name, metric, results)
     if failed and not stopped_by:
         print(f"{len(failed)} trial(s) failed; see their MLflow runs (tag rslad.error)")
     print("\n" + "\n".join(browse_lines(plan.cfg, plan.name, plan.study_url)))

@@ -16,10 +16,6 @@ def env(cwd: Path) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "HOME": str(cwd / "home")}
 
 
-def search_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "search.run", *args]
-
-
 def run_command(cwd: Path, module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` in cwd, to the end, output captured."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env(cwd), capture_output=True,
@@ -32,8 +28,13 @@ def run_search(cwd: Path, *args: str, timeout: int = 300) -> subprocess.Complete
 
 
 def start_search(cwd: Path, *args: str, log: Path) -> subprocess.Popen:
-    """The real command in the background, in a process group of its own (so its Ray can be cleaned up)."""
-    return subprocess.Popen(search_cmd(*args), cwd=cwd, env=env(cwd), stdout=open(log, "w"),
+    """The real search command in the background (start_command)."""
+    return start_command(cwd, "search.run", *args, log=log)
+
+
+def start_command(cwd: Path, module: str, *args: str, log: Path) -> subprocess.Popen:
+    """`python -m <module> <args>` in the background, in a process group of its own (so its Ray can be cleaned up)."""
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env(cwd), stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -269,22 +269,22 @@ def test_finalize_resumes_and_evaluates_nothing_twice(finalized, tmp_path):
 
 
 def test_finalize_continues_after_an_interruption(store, monkeypatch):
-    import trainables.evaluate
+    import analysis.finalize as fin
 
-    real = trainables.evaluate.evaluate
+    real = fin.per_image_correct
     calls = []
 
-    def interrupted(*args, **kwargs):
-        calls.append(kwargs["attacks"])
+    def interrupted(model, images, labels, attacks, **kwargs):
+        calls.append(attacks)
         if len(calls) == 3:
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the third result
-        return real(*args, **kwargs)
+        return real(model, images, labels, attacks, **kwargs)
 
-    monkeypatch.setattr(trainables.evaluate, "evaluate", interrupted)
+    monkeypatch.setattr(fin, "per_image_correct", interrupted)  # where finalize calls it
     cols = ("clean", "fgsm", "pgd_sat")
     with pytest.raises(KeyboardInterrupt):
         finalize(NAME, store["uri"], top_k=1, device="cpu", columns=cols)
-    monkeypatch.setattr(trainables.evaluate, "evaluate", real)
+    monkeypatch.setattr(fin, "per_image_correct", real)
     resumed = finalize(NAME, store["uri"], top_k=1, device="cpu", columns=cols)
     assert resumed.skipped == [("t0001", "best", "clean"), ("t0001", "best", "fgsm")]
     assert resumed.evaluated == [("t0001", "best", "pgd_sat")] + [("t0001", "last", c) for c in cols]

@@ -9,7 +9,6 @@ test_attacks.py), so both sides see the same adversarial batch.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 
 import pytest

@@ -70,23 +70,20 @@ def store(pristine, tmp_path) -> dict:
 
 @pytest.fixture()
 def counted(monkeypatch) -> dict:
-    """Count the evaluations finalize runs (the real functions still run)."""
-    import trainables.attacks.autoattack as aa_module
-    import trainables.evaluate as ev_module
-
+    """Count the evaluations finalize runs (the real functions still run), where finalize calls them."""
     calls: dict[str, int] = {}
-    real_evaluate, real_autoattack = ev_module.evaluate, aa_module.autoattack
+    real_per_image, real_autoattack = fin.per_image_correct, fin.autoattack
 
-    def evaluate(model, images, labels, *, attacks, **kwargs):
+    def per_image_correct(model, images, labels, attacks, **kwargs):
         calls[attacks[0]] = calls.get(attacks[0], 0) + 1
-        return real_evaluate(model, images, labels, attacks=attacks, **kwargs)
+        return real_per_image(model, images, labels, attacks, **kwargs)
 
     def autoattack(*args, **kwargs):
         calls["autoattack"] = calls.get("autoattack", 0) + 1
         return real_autoattack(*args, **kwargs)
 
-    monkeypatch.setattr(ev_module, "evaluate", evaluate)
-    monkeypatch.setattr(aa_module, "autoattack", autoattack)
+    monkeypatch.setattr(fin, "per_image_correct", per_image_correct)
+    monkeypatch.setattr(fin, "autoattack", autoattack)
     return calls
 
 

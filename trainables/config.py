@@ -40,7 +40,9 @@ class TrainConfig:
     train_subset: int = field(default=0, metadata=_range(0))
     """Use only the first N (shuffled, seeded) training images; 0 uses them all. For quick runs."""
     data_seed: int = field(default=0, metadata=_range(0))
-    """Seed of the validation split and of every epoch's order and augmentation."""
+    """Seed of the validation split (and train_subset), and of every epoch's order and augmentation unless order_seed is set."""
+    order_seed: int = field(default=-1, metadata=_range(-1))
+    """Seed of every epoch's order and augmentation (crops, flips); -1: data_seed. Replicates set it (with seed) so that a new seed changes the batches but not the validation split."""
     augment: bool = True
     """RandomCrop(pad 4) + horizontal flip on the training batches (flip is skipped for digits)."""
 
@@ -214,6 +216,11 @@ class TrainConfig:
     def uses_teacher(self) -> bool:
         """Whether the chosen method distils from a teacher."""
         return METHODS.get(self.method).needs_teacher
+
+    @property
+    def epoch_order_seed(self) -> int:
+        """The seed of every epoch's order and augmentation: order_seed, or data_seed when it is -1."""
+        return self.data_seed if self.order_seed < 0 else self.order_seed
 
     def milestone_epochs(self) -> list[int]:
         """lr_milestones rescaled from lr_milestones_ref to this run's epochs."""

@@ -156,6 +156,43 @@ def accuracy_under(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     return correct / max(seen, 1)
 
 
+def correct_under(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                  attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Per example, in batch order: whether the model still classifies it right after x -> attack(x, y) (bool, CPU).
+
+    The caller sets the model's mode, as for accuracy_under.
+    """
+    with torch.no_grad():
+        parts = [(model(attack(x, y)).argmax(dim=1) == y).cpu() for x, y in batches]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def _column_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, name: str, eps: float,
+                    batch_size: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Per-image correctness under one per-batch column, with a fresh generator (a column's value does not depend on
+    which others ran)."""
+    attack = EVAL_ATTACKS.get(name)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return correct_under(model, _batches(images, labels, batch_size, device),
+                         lambda x, y: attack(model, x, y, eps, generator))
+
+
+def per_image_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attacks: Iterable[str],
+                      eps: float = 8 / 255, batch_size: int = 256, seed: int = 0,
+                      device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Whether each image is classified right under each named per-batch column (bool, CPU, image order): what
+    evaluate() averages, kept per image so that two models scored on the same images can be compared pairwise
+    (McNemar). AutoAttack is not a per-batch column and is refused."""
+    names = list(dict.fromkeys(attacks))
+    unknown = [n for n in names if n not in EVAL_ATTACKS.names()]
+    if unknown:
+        raise ValueError(f"unknown per-batch evaluation column(s) {unknown}; allowed: {', '.join(EVAL_ATTACKS.names())}")
+    _check_inputs(model, images, labels)
+    device = torch.device(device) if device is not None else _model_device(model)
+    with model_mode(model, "eval"), torch.autocast(device_type=device.type, enabled=False):
+        return {name: _column_correct(model, images, labels, name, eps, batch_size, seed, device) for name in names}
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
              device: torch.device | str | None = None) -> float:
     """Clean accuracy (fraction in [0,1]) in eval mode and fp32; the model's modes are restored."""
@@ -200,11 +237,7 @@ def evaluate(
                                  batch_size=batch_size, seed=seed, device=device)
                 results[AUTOATTACK if res.is_standard else f"{AUTOATTACK}_{res.version}"] = res.robust_accuracy
                 continue
-            attack = EVAL_ATTACKS.get(name)
-            # A fresh generator per column: a column's value does not depend on which others ran.
-            generator = torch.Generator(device=device).manual_seed(seed)
-            results[name] = accuracy_under(model, _batches(images, labels, batch_size, device),
-                                           lambda x, y: attack(model, x, y, eps, generator))
+            results[name] = int(_column_correct(model, images, labels, name, eps, batch_size, seed, device).sum()) / n
 
     log.info("evaluation eps=%.5f n=%d: %s", eps, n, ", ".join(f"{k}={v:.4f}" for k, v in results.items()))
     return results

@@ -38,8 +38,11 @@ SEARCH_ID = "rslad.search_id"
 STORAGE = "rslad.storage"
 TRIAL_ID = "ray.trial_id"
 STATUS = "rslad.status"
-"""How a run stands: running, finished (its whole schedule), stopped_early (cut by the scheduler), failed, or
-interrupted (still running when the driver was stopped; a resume continues it)."""
+"""How a run stands: running, finished (its whole schedule), stopped_early (cut by the scheduler), failed,
+interrupted (still running when the driver was stopped; a resume continues it) or orphaned."""
+ORPHANED = "orphaned"
+"""The status of a run whose trial Tune never saved (the driver killed right after it started): closed KILLED on
+resume, beside the run of the trial that replaced it; no trial of the search."""
 EPOCHS_RUN = "rslad.epochs_run"
 CHECKPOINT_DIR = "rslad.checkpoint_dir"
 ERROR = "rslad.error"
@@ -47,6 +50,11 @@ METRIC_TAG = "rslad.metric"
 BEST_TRIAL = "rslad.best_trial"
 WINNER_PREFIX = "winner."
 """Tags winner.<param> on the parent run: the winning trial's searched values."""
+REPLICATE_OF = "rslad.replicate_of"
+"""On a replicate's run (python -m search.replicate): the trial id of the search's trial whose configuration it
+trains again with another seed."""
+REPLICATE_SEED = "rslad.replicate_seed"
+"""On a replicate's run: its train.seed (train.order_seed is shifted alike; the validation split is the search's)."""
 
 # --- evaluation ----------------------------------------------------------------------------------------
 EVAL_COLUMNS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
