@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from trainables.recipes import get_recipe
 from trainables.schema import EVAL_COLUMNS
+from trainables.teachers import get_teacher, list_teachers
 
 RSLAD_ALPHA = 5 / 6
 PAPER_EPS = 8 / 255
@@ -142,10 +143,7 @@ def teacher_method(setting: Mapping[str, Any]) -> str | None:
     name = setting.get("teacher")
     if not isinstance(name, str) or name in ("", "none"):
         return None
-    # Imported here: the registry pulls in torch and the models, which the published numbers alone do not need.
-    from trainables.teachers import TEACHERS
-
-    return TEACHERS.get(name).method if name in TEACHERS.names() else None
+    return get_teacher(name).method if name in list_teachers() else None
 
 
 def match_rows(setting: Mapping[str, Any]) -> list[PaperRow]:
