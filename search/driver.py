@@ -16,11 +16,12 @@ import signal
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from search.config import SearchConfig, SearchInputError
 from search.storage import make_private
 from trainables.paths import is_uri
+from trainables.shipping import collect
 
 log = logging.getLogger("search")
 
@@ -42,6 +43,22 @@ def trial_resources(cfg: SearchConfig) -> dict[str, float]:
     if gpus is None:
         gpus = 1 if local_gpus() else 0
     return {"cpu": cfg.trial.cpus, "gpu": gpus}
+
+
+def trial_function(trainable: Callable, cfg: SearchConfig, trains: Iterable[Mapping[str, Any]],
+                   teachers: Iterable[Path] = ()) -> Any:
+    """`trainable` with one trial's resources; on a cluster (ray.address set) also with this machine's files that the
+    train configs `trains` read (dataset files, and the teacher files `teachers`) in Ray's object store, put once and
+    fetched once per node (trainables.shipping); on one machine the trials read the files where they are."""
+    from ray import tune  # heavy: only once trials start
+
+    if cfg.ray.address:
+        shipped = collect(trains, teachers)
+        if shipped:
+            log.info("shipping %d file(s), %.1f MB, of this machine to the cluster's nodes (teachers, dataset)",
+                     len(shipped), shipped.size / 1e6)
+            trainable = tune.with_parameters(trainable, shipped=shipped)
+    return tune.with_resources(trainable, trial_resources(cfg))
 
 
 def local_gpus() -> int:

@@ -51,7 +51,6 @@ from search import driver
 from search.cli import answer_help_or_cfg, read_command_line, run_cli
 from search.config import SearchConfig, SearchInputError, load_config
 from search.console import LiveConsole
-from search.intervals import record_intervals
 from search.plan import SearchPlan, plan_search
 from search.run import CHECKPOINTS_KEPT
 from search.storage import (
@@ -64,11 +63,12 @@ from search.storage import (
     record_path,
     write_record,
 )
-from search.teacher_weights import load_teacher, missing_message, ship_with
+from search.teacher_weights import load_teacher, missing_message
 from search.tracking import (
     MLflowTracker,
     check_tracking_store,
     failed_reason,
+    parent_run_id,
     searched_values,
     trial_state,
     use_current_command,
@@ -83,11 +83,9 @@ from trainables.schema import (
     REPLICATE_OF,
     REPLICATE_SEED,
     ROLE,
-    SEARCH,
     SEARCH_ID,
     STORAGE,
 )
-from trainables.shipping import collect
 from trainables.teachers import checkpoint_path
 
 log = logging.getLogger("search")
@@ -252,17 +250,9 @@ def check_tracking(rplan: ReplicatePlan) -> None:
     if exp is None or exp.tags.get(SEARCH_ID) not in (None, search_id):
         raise SearchInputError(f"the tracking store {uri} has no experiment of search {name!r} (search id "
                                f"{search_id}); give the tracking.uri the search used")
-    if parent_run_id(client, name) is None:
+    if parent_run_id(client, exp.experiment_id, name) is None:
         raise SearchInputError(f"the MLflow experiment {name!r} in {uri} has no parent run of the search "
                                f"(tag {ROLE}=search)")
-
-
-def parent_run_id(client: Any, name: str) -> str | None:
-    """The search's parent run in its experiment (None when missing)."""
-    exp = client.get_experiment_by_name(name)
-    found = client.search_runs([exp.experiment_id], max_results=1,
-                               filter_string=f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{name}'")
-    return found[0].info.run_id if found else None
 
 
 def check_existing(rplan: ReplicatePlan) -> dict[str, Any] | None:
@@ -400,12 +390,9 @@ def configurations(finals: list[Finalist], trials: list, metric: str) -> list[Co
 
 def trainable(rplan: ReplicatePlan) -> Any:
     """The search's trial function with one trial's resources (on a cluster, with the files the replicates read)."""
-    from ray import tune  # heavy: only once the replicates run
-
     trains = [s["train"] for s in rplan.specs.values()]
     teachers = sorted({checkpoint_path(t["teacher"], t) for t in trains if TrainConfig.from_dict(t).uses_teacher})
-    shipped = ship_with(train_trial, rplan.cfg, lambda: collect(trains, teachers))
-    return tune.with_resources(shipped, driver.trial_resources(rplan.cfg))
+    return driver.trial_function(train_trial, rplan.cfg, trains, teachers)
 
 
 def tuner(rplan: ReplicatePlan) -> Any:
@@ -492,8 +479,6 @@ def main(argv: list[str]) -> int:
     stopped_by = driver.received()
     trials = [_ResultTrial(r) for r in results]
     configs = configurations(rplan.finalists, trials, rplan.metric)
-    if rplan.cfg.tracking.enabled:
-        record_intervals(rplan.cfg.tracking.uri, rplan.name, rplan.metric, results)
     failed = [r for r in results if failed_reason(r)]
     done = sum(t.status == "TERMINATED" and not failed_reason(t.result) for t in trials)
     head = f"INTERRUPTED by {stopped_by}: " if stopped_by else ""

@@ -26,7 +26,7 @@ from search import driver, teacher_weights
 from search.cli import answer_help_or_cfg, read_command_line, run_cli
 from search.config import SearchInputError
 from search.console import LiveConsole
-from search.intervals import record_intervals, trial_interval
+from search.intervals import trial_interval
 from search.plan import (
     SearchPlan,
     describe,
@@ -51,7 +51,6 @@ from search.tracking import (
 from trainables.memory import MEMORY_KEYS, check_packing, memory_variants
 from trainables.ray_adapter import train_trial
 from trainables.schema import METRIC_TAG, SEARCH_ID, STORAGE
-from trainables.shipping import collect
 from trainables.teachers import checkpoint_path
 
 log = logging.getLogger("search")
@@ -101,14 +100,11 @@ def tune_objects(plan: SearchPlan, search_id: str | None) -> dict[str, Any]:
 
 def trainable(plan: SearchPlan) -> Any:
     """The trial function with one trial's resources attached (and, on a cluster, the driver's files)."""
-    from ray import tune  # heavy: only once the search runs
-
     trains = [{**plan.base_train, "dataset": dataset, "data_dir": data_dir}
               for dataset in sorted(plan.space.field_values("dataset"))
               for data_dir in sorted(plan.space.field_values("data_dir"))]
     teachers = [checkpoint_path(name, plan.base_train) for name in plan.teachers]
-    shipped = teacher_weights.ship_with(train_trial, plan.cfg, lambda: collect(trains, teachers))
-    return tune.with_resources(shipped, driver.trial_resources(plan.cfg))
+    return driver.trial_function(train_trial, plan.cfg, trains, teachers)
 
 
 def parent_tags(plan: SearchPlan, search_id: str | None) -> dict[str, str]:
@@ -257,8 +253,6 @@ def main(argv: list[str]) -> int:
     else:
         print(f"\nsearch {plan.name}: top trials by {metric} (validation split)")
     print(summary_table(results, metric, plan.cfg.top_k, plan.name))
-    if plan.cfg.tracking.enabled:
-        record_intervals(plan.cfg.tracking.uri, plan.name, metric, results)
     if failed and not stopped_by:
         print(f"{len(failed)} trial(s) failed; see their MLflow runs (tag rslad.error)")
     print("\n" + "\n".join(browse_lines(plan.cfg, plan.name, plan.study_url)))

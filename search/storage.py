@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from search.config import SearchInputError
+from trainables.files import read_bytes, write_bytes
 from trainables.paths import SQLITE, is_uri, sqlite_file
 
 # --- names, writable paths, private folders, trust ----------------------------------------------------------
@@ -174,37 +175,14 @@ def record_path(experiment_path: str) -> str:
 
 
 def read_record(experiment_path: str) -> dict[str, Any] | None:
-    """The saved description, or None when the folder has none (a new name, or a search from an older version)."""
-    where = record_path(experiment_path)
-    if is_uri(where):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(where)
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
-    local = Path(where)
-    return json.loads(local.read_text()) if local.is_file() else None
+    """The saved description, or None when the folder has none (a new name)."""
+    data = read_bytes(record_path(experiment_path))
+    return None if data is None else json.loads(data.decode())
 
 
 def write_record(experiment_path: str, record: dict[str, Any]) -> None:
-    """Write the description atomically (readable by its owner only on a local disk)."""
-    where = record_path(experiment_path)
-    text = json.dumps(record, indent=1, sort_keys=True)
-    if is_uri(where):
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(where)
-        with fs.open_output_stream(path) as f:
-            f.write(text.encode())
-        return
-    local = Path(where)
-    tmp = local.with_name(f".{local.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, local)
+    """Write the description whole (atomically and readable by its owner only on a local disk)."""
+    write_bytes(record_path(experiment_path), json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 # --- where the Optuna study lives ---------------------------------------------------------------------------

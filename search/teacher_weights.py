@@ -27,7 +27,7 @@ from trainables.checkpoints import BEST_MODEL_FILE, load_model
 from trainables.config import NO_TEACHER, TrainConfig
 from trainables.data import IMAGE_SHAPES, NUM_CLASSES
 from trainables.ray_adapter import train_trial
-from trainables.shipping import ShippedFiles, collect
+from trainables.shipping import ShippedFiles
 from trainables.teachers import (
     build_teacher,
     checkpoint_path,
@@ -118,21 +118,6 @@ def fetch_robustbench(name: str, dest: Path) -> bool:
     return True
 
 
-def ship_with(trainable: Callable, cfg: SearchConfig, files: Callable[[], ShippedFiles]) -> Callable:
-    """On a cluster (ray.address set), `trainable` with the driver's files (`files()`, read only then) in Ray's object
-    store, put once and fetched once per node; on one machine the trials read the files where they are."""
-    if not cfg.ray.address:
-        return trainable
-    shipped = files()
-    if not shipped:
-        return trainable
-    from ray import tune  # heavy: only once trials start
-
-    log.info("shipping %d file(s), %.1f MB, of this machine to the cluster's nodes (teachers, dataset)", len(shipped),
-             shipped.size / 1e6)
-    return tune.with_parameters(trainable, shipped=shipped)
-
-
 # --- training teachers --------------------------------------------------------------------------------------
 def teacher_train_config(name: str, cfg: SearchConfig) -> dict[str, Any]:
     """The TrainConfig dict that trains teacher `name`: the profile's base with the entry's arch, method and eps."""
@@ -159,8 +144,7 @@ def train_teachers(names: list[str], cfg: SearchConfig) -> dict[str, Path]:
     jobs = [{"name": n, "train": teacher_train_config(n, cfg)} for n in names]  # a mismatch is refused before Ray
     driver.start_ray(cfg, shared={"storage": cfg.storage})
     make_private(cfg.storage)
-    trainable = tune.with_resources(ship_with(train_teacher_trial, cfg, lambda: collect(job["train"] for job in jobs)),
-                                    driver.trial_resources(cfg))
+    trainable = driver.trial_function(train_teacher_trial, cfg, [job["train"] for job in jobs])
     tuner = tune.Tuner(
         trainable,
         param_space={"teacher": tune.grid_search(jobs), "trial": {"checkpoint_every": 1}},

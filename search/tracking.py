@@ -21,6 +21,7 @@ from ray import tune
 
 from search import driver
 from search.config import SearchConfig, SearchInputError
+from search.intervals import interval_metrics, trial_interval
 from search.storage import check_creatable, check_writable_file
 from search.tracking_queue import Journal, WriteQueue, queue_folder
 from trainables.paths import is_uri, sqlite_file
@@ -326,7 +327,7 @@ class MLflowTracker(tune.Callback):
             elif str(trial.status) == "ERROR":
                 plans[trial.trial_id] = error_plan(trial)
             elif str(trial.status) == "TERMINATED":
-                plans[trial.trial_id] = complete_plan(trial)
+                plans[trial.trial_id] = complete_plan(trial, self.parent_tags.get(METRIC_TAG))
         self._emit([{"op": "close", "plans": plans, "known": [t.trial_id for t in trials], "group": self.run_group}])
 
     def _finish_parent(self, trials: list, status: str) -> None:
@@ -390,7 +391,8 @@ class MLflowTracker(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
-        self._trial_ops(trial, {"op": "end", "trial": trial.trial_id, **complete_plan(trial)})
+        self._trial_ops(trial, {"op": "end", "trial": trial.trial_id,
+                                **complete_plan(trial, self.parent_tags.get(METRIC_TAG))})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended.add(trial.trial_id)
@@ -401,13 +403,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def complete_plan(trial: Any) -> dict:
-    """How the run of a trial Tune ended ends: finished, stopped_early (FINISHED) or failed (FAILED, with the reason)."""
+def complete_plan(trial: Any, metric: str | None = None) -> dict:
+    """How the run of a trial Tune ended ends: finished, stopped_early (FINISHED) or failed (FAILED, with the reason);
+    with the search's `metric`, the 95 % Wilson interval of its best_<metric> as metrics (best_<metric>_ci_low/high)."""
     status = trial_status(trial)
     tags = {STATUS: status}
     if status == "failed":
         tags[ERROR] = str(trial.last_result[FAILED])[:4000]
-    return {"status": "FAILED" if status == "failed" else "FINISHED", "name": run_name(trial, status), "tags": tags}
+    plan = {"status": "FAILED" if status == "failed" else "FINISHED", "name": run_name(trial, status), "tags": tags}
+    interval = trial_interval(trial.config, trial.last_result, metric) if metric and status != "failed" else None
+    if interval is not None:
+        plan["metrics"] = interval_metrics(metric, interval)
+    return plan
 
 
 def error_plan(trial: Any) -> dict:
@@ -518,6 +525,10 @@ class RunWriter:
         return self.parent() if op.get("trial") is None else self.run_of(op["trial"])
 
     def _end(self, run_id: str, plan: dict) -> None:
+        if plan.get("metrics"):
+            from mlflow.entities import Metric
+
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now_ms(), 0) for k, v in plan["metrics"].items()])
         self._tags(run_id, plan["tags"])
         self.client.update_run(run_id, name=plan["name"])
         self.client.set_terminated(run_id, plan["status"])
@@ -661,19 +672,24 @@ def ensure_parent_run(client: Any, experiment: str, tracking_uri: str, tags: dic
     return run_id
 
 
-def _parent_run(client: Any, exp_id: str, experiment: str, tags: dict[str, str], exp_tags: dict[str, str],
-                params: dict[str, str], artifacts: dict[str, str]) -> str:
+def parent_run_id(client: Any, exp_id: str, experiment: str) -> str | None:
+    """The search's parent run in its experiment (None when there is none yet)."""
     found = client.search_runs([exp_id], filter_string=f"tags.`{ROLE}` = 'search' and tags.`{SEARCH}` = '{experiment}'",
                                max_results=1)
-    if found:
-        run_id = found[0].info.run_id
+    return found[0].info.run_id if found else None
+
+
+def _parent_run(client: Any, exp_id: str, experiment: str, tags: dict[str, str], exp_tags: dict[str, str],
+                params: dict[str, str], artifacts: dict[str, str]) -> str:
+    run_id = parent_run_id(client, exp_id, experiment)
+    if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "rslad.resumed", "true")
         client.set_tag(run_id, STATUS, "running")
         for key, value in exp_tags.items():  # where the search lives now (a resume may name other storage)
             client.set_tag(run_id, key, value)
             client.set_experiment_tag(exp_id, key, value)
-        if found[0].data.params:
+        if client.get_run(run_id).data.params:
             return run_id
     else:
         run_id = client.create_run(exp_id, run_name=experiment, tags={**tags, ROLE: "search", SEARCH: experiment,

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from search import driver
 from search.cli import Option, run_options_command
 from search.config import SearchInputError
-from search.storage import check_name
+from search.storage import check_name, read_record, record_path
 from search.tracking import (
     RunWriter,
     remote,
@@ -51,7 +52,11 @@ def main(args: Mapping[str, Any]) -> int:
     name = args["name"]
     check_name(name)
     driver.quiet_libraries(False)
-    folder = queue_folder(f"{absolute(args['storage'] or 'ray_results').rstrip('/')}/{name}")
+    experiment_path = f"{absolute(args['storage'] or 'ray_results').rstrip('/')}/{name}"
+    if read_record(experiment_path) is None:
+        raise SearchInputError(f"there is no search named {name!r} at {experiment_path} (no "
+                               f"{Path(record_path(experiment_path)).name}); check name= and storage=")
+    folder = queue_folder(experiment_path)
     journal = Journal(folder)
     if not journal.segments():
         print(f"search {name}: no MLflow writes pending in {folder}")

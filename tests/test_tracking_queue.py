@@ -352,12 +352,16 @@ def test_the_sync_command_explains_itself_and_writes_what_waits(store, tmp_path,
     from mlflow.tracking import MlflowClient
 
     from search.tracking import complete_plan, now_ms
+    from search.storage import write_record
     from search.tracking_sync import cli
     from trainables.schema import STATUS, TRIAL_ID
 
     assert cli(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m search.tracking_sync key=value") and "tracking.uri" in out
+    assert cli(["name=s1", f"storage={tmp_path}"]) == 2  # no search of that name there: one line, nothing done
+    assert capsys.readouterr().err.startswith(f"error: there is no search named 's1' at {tmp_path}/s1 ")
+    write_record(f"{tmp_path}/s1", {"search_id": "x", "name": "s1", "settings": {}})
     assert cli(["name=s1", f"storage={tmp_path}"]) == 0
     assert capsys.readouterr().out == f"search s1: no MLflow writes pending in {tmp_path}/s1/mlflow-queue\n"
     assert cli(["storage=x"]) == 2

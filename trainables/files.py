@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (another trial, a resume, a crash's survivor) sees the old file or the whole new one."""
+"""Atomic file writes (a reader, another trial, a resume or a crash's survivor, sees the old file or the whole new
+one), and whole-file reads and writes at a local path or a pyarrow filesystem URI (s3://, gs://, file://)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
+
+from trainables.paths import is_uri
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -32,20 +35,53 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def read_bytes(location: str) -> bytes | None:
+    """The content of the file at a local path or a URI; None when there is none (an unreachable store raises)."""
+    if not is_uri(location):
+        path = Path(location)
+        return path.read_bytes() if path.is_file() else None
+    import pyarrow.fs as pafs  # only for object storage
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as src:
+        return src.read()
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file at a local path (atomic_write: private to its owner, old or new, never part) or a URI (one
+    object put: all or nothing on an object store; the folder made first on a local filesystem URI)."""
+    if not is_uri(location):
+        atomic_write(location, lambda f: f.write(data))
+        return
+    import pyarrow.fs as pafs  # only for object storage
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    if fs.type_name == "local":
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as dst:
+        dst.write(data)
+
+
+def exists(location: str) -> bool:
+    """Whether a file is at a local path or a URI."""
+    if not is_uri(location):
+        return Path(location).is_file()
+    import pyarrow.fs as pafs  # only for object storage
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
 def local_file(location: str, cache: Path) -> Path:
     """A local path for `location`: a local path as it is, a URI (s3://, gs://, ...) downloaded once into `cache`
     (the returned path does not exist when the object does not)."""
-    if "://" not in location or location.startswith("file://"):
+    if not is_uri(location) or location.startswith("file://"):
         return Path(location.removeprefix("file://"))
-    import pyarrow.fs as pafs  # only for object storage
-
     path = cache / hashlib.sha256(location.encode()).hexdigest()[:24] / location.rstrip("/").rsplit("/", 1)[-1]
-    if path.is_file():
-        return path
-    fs, remote = pafs.FileSystem.from_uri(location)
-    try:
-        with fs.open_input_stream(remote) as src:
-            data = src.read()
-    except FileNotFoundError:
-        return path
-    return atomic_write(path, lambda f: f.write(data))
+    if not path.is_file():
+        data = read_bytes(location)
+        if data is not None:
+            atomic_write(path, lambda f: f.write(data))
+    return path

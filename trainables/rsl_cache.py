@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.nn as nn
 
-from trainables.files import atomic_save, atomic_write
+from trainables.files import atomic_save, atomic_write, exists, read_bytes, write_bytes
 from trainables.paths import is_uri
 from trainables.shipping import node_cache
 
@@ -119,8 +119,8 @@ class SoftLabelCache:
         atomic_save({"format": FORMAT, "key": self.digest, "epoch": epoch, "logits": logits,
                      "checksum": _checksum(logits)}, self.path(epoch))
         if self.remote:
-            self._upload(key_file, "key.json")
-            self._upload(self.path(epoch), self.path(epoch).name)
+            self._upload(key_file)
+            self._upload(self.path(epoch))
             self._shared.add(epoch)
 
     def _key_file(self) -> Path:
@@ -131,20 +131,16 @@ class SoftLabelCache:
             atomic_write(key_file, lambda f: f.write(text))
         return key_file
 
-    def _remote_fs(self) -> tuple[Any, str]:
-        import pyarrow.fs as pafs  # only for a cache in object storage
-
-        return pafs.FileSystem.from_uri(self.remote)
-
     def _download(self, epoch: int) -> bool:
         """Copy epoch `epoch`'s file from the remote URI into this node's folder; False when there is none."""
         if not self.remote:
             return False
-        fs, root = self._remote_fs()
         try:
-            with fs.open_input_stream(f"{root}/{self.path(epoch).name}") as src:
-                data = src.read()
-        except (FileNotFoundError, OSError):
+            data = read_bytes(f"{self.remote}/{self.path(epoch).name}")
+        except OSError as err:  # a store that does not answer now: this node computes the epoch instead
+            log.warning("soft-label cache %s unreadable (%s); computing epoch %d here", self.remote, err, epoch)
+            return False
+        if data is None:
             return False
         atomic_write(self.path(epoch), lambda f: f.write(data))
         self._shared.add(epoch)
@@ -154,21 +150,13 @@ class SoftLabelCache:
         """Upload an epoch this node has (from an earlier search with the same key) when the remote URI lacks it."""
         if not self.remote or epoch in self._shared:
             return
-        import pyarrow.fs as pafs  # only for a cache in object storage
-
-        fs, root = self._remote_fs()
-        if fs.get_file_info(f"{root}/{self.path(epoch).name}").type == pafs.FileType.NotFound:
-            self._upload(self._key_file(), "key.json")
-            self._upload(self.path(epoch), self.path(epoch).name)
+        if not exists(f"{self.remote}/{self.path(epoch).name}"):
+            self._upload(self._key_file())
+            self._upload(self.path(epoch))
         self._shared.add(epoch)
 
-    def _upload(self, path: Path, name: str) -> None:
-        fs, root = self._remote_fs()
-        if not self._shared:
-            fs.create_dir(root, recursive=True)  # a folder on a local or mounted filesystem URI; a marker on S3
-        data = path.read_bytes()
-        with fs.open_output_stream(f"{root}/{name}") as dst:
-            dst.write(data)
+    def _upload(self, path: Path) -> None:
+        write_bytes(f"{self.remote}/{path.name}", path.read_bytes())
 
     # --- the lazy, locked computation -------------------------------------------------------
     def epoch_logits(self, epoch: int) -> torch.Tensor:

@@ -27,11 +27,11 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from trainables.files import atomic_save
-from trainables.schema import DATASETS
 from trainables.errors import UserError
+from trainables.files import atomic_save
 from trainables.models import build_model
 from trainables.registry import Registry
+from trainables.schema import DATASETS
 
 SOURCES = ("checkpoint", "robustbench", "trained")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
